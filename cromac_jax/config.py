@@ -1,0 +1,239 @@
+"""Typed, frozen run configuration: YAML in, validated dataclasses out.
+
+A config file is data (``yaml.safe_load``), never code. Every key is checked against the
+dataclasses below: an unknown key, a wrong type or an out-of-range value raises ``ConfigError``
+with one line naming the key path, the value and what is allowed, before anything is compiled.
+Defaults are the paper's official hyperparameters for hallway 4x5x6 (``HYPERPARAMS.md``); the
+per-environment YAML files in ``configs/`` override what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, type or value that cannot describe a run."""
+
+
+METHODS = ("qmix", "full_comm", "cromac", "cromac_no_robust", "ame")
+MIXERS = ("qmix", "vdn", "qplex")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment preset, and overrides of its constructor arguments."""
+
+    name: str = "hallway_4x5x6"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network sizes (HYPERPARAMS.md: agent, encoders, Q head, mixers)."""
+
+    rnn_hidden: int = 16
+    z_dim: int = 16
+    vae_hidden: int = 32
+    q_hidden: int = 16
+    mixer: str = "qmix"
+    mixer_embed: int = 32
+    hypernet_hidden: int = 64
+    qplex_heads: int = 4
+    #: AME: messages kept per decision (k) and the most subsets voted at test time (D).
+    ame_k: int = 1
+    ame_max_subsets: int = 16
+
+
+@dataclass(frozen=True)
+class CromacConfig:
+    """The robustness knobs of CroMAC (paper eq. 17; HYPERPARAMS.md per-env table)."""
+
+    eps: float = 0.05
+    kappa: float = 5.0
+    weight_clamp: float = 0.1
+    robust_weight: float = 0.3
+    vae_loss_weight: float = 0.1
+    poe_loss_weight: float = 0.001
+    robust_start: int = 700_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The run: budget, collection, replay and optimisation (HYPERPARAMS.md 'Common')."""
+
+    method: str = "cromac"
+    seed: int = 0
+    num_seeds: int = 1
+    t_max: int = 2_050_000
+    num_envs: int = 8
+    updates_per_iteration: int = 0  # 0 = one update per collected episode (the official ratio)
+    batch_size: int = 32
+    buffer_size: int = 5000
+    learning_starts: int = 32  # episodes in the buffer before the first update
+    lr: float = 5e-4
+    grad_clip: float = 10.0
+    gamma: float = 0.99
+    target_update_interval: int = 200  # learner updates
+    epsilon_start: float = 1.0
+    epsilon_finish: float = 0.05
+    epsilon_anneal_time: int = 150_000  # env steps
+    standardise_rewards: bool = True
+    bootstrap_on_truncation: bool = False  # the paper stores timeouts as terminal
+    test_interval: int = 10_000  # env steps
+    test_nepisode: int = 20
+    chunk_iterations: int = 0  # 0 = choose from test_interval
+    checkpoint_interval: int = 100_000  # env steps
+    run_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cromac: CromacConfig = field(default_factory=CromacConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        _validate(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------- validation
+def _check(ok: bool, path: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config {path}={value!r} is invalid: {allowed}")
+
+
+def _validate(cfg: Config) -> None:
+    m, c, t = cfg.model, cfg.cromac, cfg.train
+    _check(m.mixer in MIXERS, "model.mixer", m.mixer, f"choose one of {', '.join(MIXERS)}")
+    _check(t.method in METHODS, "train.method", t.method, f"choose one of {', '.join(METHODS)}")
+    for name in ("rnn_hidden", "z_dim", "vae_hidden", "q_hidden", "mixer_embed", "hypernet_hidden", "qplex_heads", "ame_k", "ame_max_subsets"):
+        _check(getattr(m, name) >= 1, f"model.{name}", getattr(m, name), "must be >= 1")
+    _check(c.eps >= 0, "cromac.eps", c.eps, "the perturbation budget must be >= 0")
+    _check(c.kappa >= 0, "cromac.kappa", c.kappa, "must be >= 0")
+    _check(c.weight_clamp > 0, "cromac.weight_clamp", c.weight_clamp, "C_MAX must be > 0")
+    for name in ("robust_weight", "vae_loss_weight", "poe_loss_weight"):
+        _check(getattr(c, name) >= 0, f"cromac.{name}", getattr(c, name), "must be >= 0")
+    _check(c.robust_start >= 0, "cromac.robust_start", c.robust_start, "must be >= 0")
+    for name in ("num_seeds", "t_max", "num_envs", "batch_size", "buffer_size", "target_update_interval", "test_interval", "checkpoint_interval"):
+        _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
+    for name in ("updates_per_iteration", "chunk_iterations", "test_nepisode", "epsilon_anneal_time", "learning_starts", "seed"):
+        _check(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "must be >= 0")
+    _check(t.batch_size <= t.buffer_size, "train.batch_size", t.batch_size, f"must be <= train.buffer_size ({t.buffer_size})")
+    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0")
+    _check(0 <= t.gamma <= 1, "train.gamma", t.gamma, "must be in [0, 1]")
+    for name in ("epsilon_start", "epsilon_finish"):
+        _check(0 <= getattr(t, name) <= 1, f"train.{name}", getattr(t, name), "must be in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------- loading
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is dict:
+        return isinstance(value, Mapping)
+    return True
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config {path or '<root>'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {path + '.' if path else ''}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys: {', '.join(names)}")
+        hint_t = hints[key]
+        if dataclasses.is_dataclass(hint_t):
+            kwargs[key] = _build(hint_t, value, full)
+            continue
+        if not _type_ok(value, hint_t):
+            tname = getattr(hint_t, "__name__", str(hint_t))
+            raise ConfigError(f"config {full}={value!r} has the wrong type: expected {tname}")
+        kwargs[key] = float(value) if hint_t is float else value
+    return cls(**kwargs)
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested dicts (``update`` wins); lists and scalars are replaced."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "overrides":
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    return _build(Config, data, "").validate()
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.t_max=1000", "model.mixer=vdn"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, _, raw = item.partition("=")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults), apply ``key=value`` overrides and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        data = dict(loaded)
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return from_dict(data)
+
+
+def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with some fields of some sections replaced, validated (for tests and scripts)."""
+    return from_dict(merge(cfg.to_dict(), sections))
+
+
+

@@ -24,18 +24,81 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from_args(args: argparse.Namespace):
+    from cromac_jax import config
+
+    overrides = list(args.overrides)
+    shortcuts = {
+        "env": "env.name",
+        "method": "train.method",
+        "mixer": "model.mixer",
+        "seeds": "train.num_seeds",
+        "seed": "train.seed",
+        "t_max": "train.t_max",
+        "num_envs": "train.num_envs",
+    }
+    for attr, key in shortcuts.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return config.load(args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cromac_jax import runner
+
+    if args.resume:
+        if args.run_dir is None:
+            raise SystemExit("cromac train --resume needs --run-dir RUN_DIR")
+        cfg = runner.read_config(args.run_dir)
+    else:
+        cfg = _config_from_args(args)
+    runner.train(cfg, run_dir=args.run_dir, resume=args.resume)
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (data only; see configs/)")
+    p.add_argument("--env", help="environment preset (cromac envs lists them)")
+    p.add_argument("--mixer", help="qmix | vdn | qplex")
+    p.add_argument("--seeds", type=int, help="number of seeds, trained together (vmapped)")
+    p.add_argument("--seed", type=int, help="base seed")
+    p.add_argument("--t-max", dest="t_max", type=int, help="env steps per seed")
+    p.add_argument("--num-envs", dest="num_envs", type=int, help="parallel envs per seed")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. cromac.eps=0.1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cromac", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("envs", help="list the registered environment presets with their sizes")
     p.set_defaults(func=_cmd_envs)
+
+    p = sub.add_parser("train", help="train all seeds of one config (default: CroMAC on hallway 4x5x6)")
+    _add_run_args(p)
+    p.add_argument("--method", help="qmix | full_comm | cromac | cromac_no_robust | ame")
+    p.add_argument("--run-dir", dest="run_dir", help="where config, metrics and checkpoints go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cromac_jax.checkpoint import CheckpointError
+    from cromac_jax.config import ConfigError
+    from cromac_jax.runner import TrainingError
+    from envs import EnvConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, EnvConfigError, CheckpointError, TrainingError) as e:
+        print(f"cromac: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cromac: interrupted; the latest checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -210,8 +210,57 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: The official per-environment hyperparameters (HYPERPARAMS.md), applied under any user config
+#: that names the environment. ``configs/<preset>.yaml`` mirror these (a test keeps them equal).
+_COMMON_32 = {"model": {"rnn_hidden": 32, "z_dim": 32, "vae_hidden": 64}}
+_SMAC = {"model": {"rnn_hidden": 64, "z_dim": 64, "vae_hidden": 128}, "train": {"test_nepisode": 10, "epsilon_anneal_time": 300_000}}
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hallway_4x5x6": {
+        "cromac": {"eps": 0.05, "kappa": 5.0, "weight_clamp": 0.1, "robust_weight": 0.3, "vae_loss_weight": 0.1, "poe_loss_weight": 0.001, "robust_start": 700_000},
+        "train": {"epsilon_anneal_time": 150_000},
+    },
+    "hallway_3x3x4x4": {
+        "cromac": {"eps": 0.05, "kappa": 10.0, "weight_clamp": 0.2, "robust_weight": 0.3, "vae_loss_weight": 0.1, "poe_loss_weight": 0.001, "robust_start": 700_000},
+        "train": {"epsilon_anneal_time": 150_000},
+    },
+    "lbf_3p1f": merge(_COMMON_32, {
+        "cromac": {"eps": 0.03, "kappa": 5.0, "weight_clamp": 0.3, "robust_weight": 0.05, "vae_loss_weight": 0.01, "poe_loss_weight": 0.001, "robust_start": 800_000},
+        "train": {"epsilon_anneal_time": 250_000},
+    }),
+    "lbf_4p1f": merge(_COMMON_32, {
+        "cromac": {"eps": 0.05, "kappa": 10.0, "weight_clamp": 0.3, "robust_weight": 0.05, "vae_loss_weight": 0.01, "poe_loss_weight": 0.001, "robust_start": 800_000},
+        "train": {"epsilon_anneal_time": 250_000},
+    }),
+    "tj_slow": merge(_COMMON_32, {
+        "cromac": {"eps": 0.0005, "kappa": 10.0, "weight_clamp": 0.3, "robust_weight": 0.3, "vae_loss_weight": 0.01, "poe_loss_weight": 0.001, "robust_start": 1_000_000},
+        "train": {"epsilon_anneal_time": 250_000},
+    }),
+    "tj_fast": merge(_COMMON_32, {
+        "cromac": {"eps": 0.001, "kappa": 10.0, "weight_clamp": 0.6, "robust_weight": 0.3, "vae_loss_weight": 0.01, "poe_loss_weight": 0.001, "robust_start": 1_000_000},
+        "train": {"epsilon_anneal_time": 250_000},
+    }),
+    "smax_1o10b_vs_1r": merge(_SMAC, {
+        "cromac": {"eps": 0.0075, "kappa": 10.0, "weight_clamp": 0.3, "robust_weight": 0.3, "vae_loss_weight": 0.01, "poe_loss_weight": 0.01, "robust_start": 1_000_000},
+    }),
+    "smax_1o2r_vs_4r": merge(_SMAC, {
+        "cromac": {"eps": 0.015, "kappa": 10.0, "weight_clamp": 0.2, "robust_weight": 0.1, "vae_loss_weight": 0.01, "poe_loss_weight": 0.01, "robust_start": 1_000_000},
+    }),
+}
+
+
+def resolve(data: Mapping[str, Any]) -> Config:
+    """User data over the named environment's official defaults over the dataclass defaults."""
+    env = data.get("env", {}) if isinstance(data.get("env", {}), Mapping) else {}
+    name = env.get("name", EnvConfig().name)
+    base = ENV_DEFAULTS.get(name, {}) if isinstance(name, str) else {}
+    return from_dict(merge(base, data))
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults), apply ``key=value`` overrides and validate."""
+    """Load a YAML config (or the defaults), apply ``key=value`` overrides and validate.
+
+    Precedence: dataclass defaults < the environment's official hyperparameters < the file <
+    the overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -228,7 +277,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         data = dict(loaded)
     if overrides:
         data = merge(data, parse_overrides(overrides))
-    return from_dict(data)
+    return resolve(data)
 
 
 def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:

@@ -74,7 +74,7 @@ class CromacEnv(MultiAgentEnv):
     #: Extra keys of ``info`` beyond the standard ones, filled by ``_extra_info``.
     extra_info_keys: ClassVar[tuple[str, ...]] = ()
     #: Documented inclusive range of the team reward of one step (tested).
-    reward_range: ClassVar[tuple[float, float]] = (-jnp.inf, jnp.inf)
+    reward_range: tuple[float, float] = (-float("inf"), float("inf"))
 
     def __init__(
         self,

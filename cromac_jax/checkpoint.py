@@ -1,0 +1,94 @@
+"""Saving and restoring the full learner state of every seed with orbax.
+
+A run directory holds ``config.yaml`` (the resolved config, data only), ``metrics.jsonl`` and
+``checkpoints/<env_steps>/`` written by orbax's ``CheckpointManager``. The checkpoint is the
+whole ``TrainState`` of all seeds — parameters, optimiser, replay buffer, reward statistics,
+counters and PRNG keys — so a resumed run continues exactly where it stopped. Nothing is
+pickled: orbax stores arrays, and restoring needs the abstract state built from the config, so a
+checkpoint from another env/method/seed count is refused before any array is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from cromac_jax.config import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A missing, unreadable or mismatched checkpoint."""
+
+
+def _quiet_orbax() -> None:
+    for name in ("absl", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def manager(run_dir: str | Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    _quiet_orbax()
+    path = Path(run_dir).absolute() / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(path, options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any) -> None:
+    """Save synchronously (a run killed right after still has this checkpoint); a step that is
+    already saved is the same state, so it is not written twice."""
+    if int(step) in mgr.all_steps():
+        return
+    mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    mgr.wait_until_finished()
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    path = Path(run_dir) / CHECKPOINT_DIR
+    if not path.is_dir():
+        return None
+    return manager(run_dir).latest_step()
+
+
+def all_steps(run_dir: str | Path) -> list[int]:
+    path = Path(run_dir) / CHECKPOINT_DIR
+    if not path.is_dir():
+        return []
+    return sorted(manager(run_dir).all_steps())
+
+
+def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -> tuple[int, Any]:
+    """Restore ``step`` (default: latest) into the structure and shapes of ``abstract_state``."""
+    steps = all_steps(run_dir)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {str(Path(run_dir) / CHECKPOINT_DIR)!r}")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {str(run_dir)!r}; available: {steps}")
+    mgr = manager(run_dir)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    try:
+        state = mgr.restore(step, args=ocp.args.StandardRestore(target))
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {step} in {str(run_dir)!r} does not match this config "
+            f"(different env, method, sizes or seed count?): {first[:300]}"
+        ) from None
+    _check_shapes(state, abstract_state, run_dir, step)
+    return step, state
+
+
+def _check_shapes(state: Any, abstract: Any, run_dir: Any, step: int) -> None:
+    got = [getattr(x, "shape", None) for x in jax.tree.leaves(state)]
+    want = [getattr(x, "shape", None) for x in jax.tree.leaves(abstract)]
+    if got != want:
+        raise CheckpointError(f"checkpoint {step} in {str(run_dir)!r} has shapes that do not match this config")
+
+
+__all__ = ["CheckpointError", "ConfigError", "manager", "save", "restore", "latest_step", "all_steps"]

@@ -1,0 +1,231 @@
+"""The thin Python loop around the compiled chunks: progress, metrics, tests, checkpoints.
+
+Everything expensive happens inside ``jit(vmap(train_chunk))``; between chunks this loop pulls
+a few scalars per seed to the host, writes one JSON line per chunk, runs the periodic test
+episodes (clean and under FGSM at the config's eps), saves checkpoints, and stops with one clear
+line if a loss turns NaN — after the last good checkpoint, never overwriting it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import jax
+import numpy as np
+import yaml
+
+from cromac_jax import attacks, checkpoint
+from cromac_jax.config import Config, ConfigError, from_dict
+from cromac_jax.train import Trainer, make_train, seed_keys
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. non-finite loss); saved work is kept."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    t_env: np.ndarray  # [S]
+    last_test: dict[str, Any]
+    chunks: int
+    seconds: float
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.train.run_dir) / f"{cfg.env.name}_{cfg.train.method}_{cfg.model.mixer}_{stamp}"
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise checkpoint.CheckpointError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+    return from_dict(yaml.safe_load(path.read_text()) or {})
+
+
+class SeedRunner:
+    """Holds the compiled functions of one configured run over all its seeds."""
+
+    def __init__(self, cfg: Config, trainer: Trainer | None = None):
+        self.cfg = cfg
+        self.trainer = trainer or make_train(cfg)
+        tr = self.trainer
+        self._init = jax.jit(jax.vmap(tr.init))
+        self._chunk = jax.jit(jax.vmap(tr.train_chunk), donate_argnums=0)
+        n_test = cfg.train.test_nepisode
+        eps = cfg.cromac.eps
+
+        def tests(state, key):
+            keys = jax.random.split(key, state.key.shape[0])
+
+            def one(params, run, k):
+                clean, _ = tr.test(params, run, k, n_test)
+                out = {"test": clean}
+                if tr.model.method.reads_messages:
+                    attacked, _ = tr.test(params, run, k, n_test, attacks.fgsm, eps)
+                    out["test_fgsm"] = attacked
+                return out
+
+            return jax.vmap(one)(state.params, state.env_run, keys)
+
+        self._tests = jax.jit(tests)
+
+    def init_state(self) -> Any:
+        return self._init(seed_keys(self.cfg))
+
+    def abstract_state(self) -> Any:
+        return jax.eval_shape(self._init, seed_keys(self.cfg))
+
+    def chunk(self, state: Any) -> tuple[Any, Any]:
+        return self._chunk(state)
+
+    def tests(self, state: Any, key: jax.Array) -> dict[str, Any]:
+        return self._tests(state, key)
+
+
+def _summarise(metrics: Any) -> dict[str, list[float]]:
+    """Per-seed means over the chunk's iterations (counters: last value)."""
+    out = {}
+    for name, arr in metrics._asdict().items():
+        a = np.asarray(arr, dtype=np.float64)  # [S, K]
+        if name in ("t_env", "episodes", "updates", "epsilon", "robust_on"):
+            out[name] = a[:, -1].tolist()
+        else:
+            out[name] = a.mean(axis=1).tolist()
+    return out
+
+
+def _test_summary(tests: dict[str, Any]) -> dict[str, list[float]]:
+    out = {}
+    for prefix, m in tests.items():
+        for field, arr in m._asdict().items():
+            out[f"{prefix}_{field}"] = np.asarray(arr, dtype=np.float64).tolist()
+    return out
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    out: TextIO | None = sys.stdout,
+    max_chunks: int | None = None,
+    on_chunk: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Train every seed of ``cfg`` to ``t_max`` env steps, writing into ``run_dir``.
+
+    ``resume=True`` continues from the latest checkpoint in ``run_dir`` (its config must match).
+    ``max_chunks`` stops early (used by tests to interrupt a run).
+    """
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    t = cfg.train
+    start = time.time()
+    runner = SeedRunner(cfg)
+    if resume:
+        saved = read_config(run_dir)
+        if saved != cfg:
+            diff = [
+                f"{sec}.{k}" for sec, d in cfg.to_dict().items() if isinstance(d, dict)
+                for k in d if saved.to_dict()[sec].get(k) != d[k]
+            ]
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: config differs from the saved one in {', '.join(diff)}")
+        step, state = checkpoint.restore(run_dir, runner.abstract_state())
+        _log(out, f"resumed {run_dir} from checkpoint at {step} env steps")
+    else:
+        if run_dir.exists() and checkpoint.all_steps(run_dir):
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds checkpoints; pass --resume or choose another")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, cfg)
+        state = runner.init_state()
+    mgr = checkpoint.manager(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    test_key = jax.random.PRNGKey(cfg.train.seed + 1_000_003)
+
+    t_env = np.asarray(state.t_env)
+    next_test = (int(t_env.min()) // t.test_interval + 1) * t.test_interval if resume else 0
+    next_ckpt = (int(t_env.min()) // t.checkpoint_interval + 1) * t.checkpoint_interval
+    last_test: dict[str, Any] = {}
+    chunks = 0
+    _log(out, f"training {cfg.train.method} ({cfg.model.mixer} mixer) on {cfg.env.name}: "
+              f"{t.num_seeds} seed(s), {t.num_envs} envs each, t_max {t.t_max:,}; run dir {run_dir}")
+    compile_t0 = time.time()
+    while int(np.min(t_env)) < t.t_max:
+        if int(np.min(t_env)) >= next_test:
+            tests = runner.tests(state, jax.random.fold_in(test_key, int(np.min(t_env))))
+            last_test = _test_summary(tests)
+            _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
+            next_test = (int(np.min(t_env)) // t.test_interval + 1) * t.test_interval
+        c0 = time.time()
+        prev = t_env
+        state, metrics = runner.chunk(state)
+        summary = _summarise(metrics)
+        chunks += 1
+        t_env = np.asarray(summary["t_env"], dtype=np.int64)
+        dt = time.time() - c0
+        if chunks == 1:
+            _log(out, f"first chunk (compile + run) took {time.time() - compile_t0:.1f}s")
+        loss = np.asarray(summary["loss"])
+        if not np.all(np.isfinite(loss)):
+            bad = [i for i, v in enumerate(loss) if not math.isfinite(v)]
+            raise TrainingError(
+                f"non-finite loss in seed(s) {bad} at t_env {t_env.tolist()}; "
+                f"last good checkpoint kept in {str(run_dir / checkpoint.CHECKPOINT_DIR)!r}"
+            )
+        record = {"kind": "train", "chunk_seconds": dt, **summary}
+        _write(metrics_path, record)
+        if on_chunk:
+            on_chunk(record)
+        rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
+        eta = max(0.0, t.t_max - float(np.min(t_env))) / max(rate / t.num_seeds, 1e-9)
+        test_txt = ""
+        if last_test:
+            test_txt = f" | test won {np.mean(last_test['test_won_mean']):.2f}"
+            if "test_fgsm_won_mean" in last_test:
+                test_txt += f" fgsm {np.mean(last_test['test_fgsm_won_mean']):.2f}"
+        _log(out, f"t_env {int(np.min(t_env)):>9,}/{t.t_max:,} ({100 * min(1.0, np.min(t_env) / t.t_max):5.1f}%) "
+                  f"| {rate:,.0f} steps/s | return {np.mean(summary['return_mean']):.3f} "
+                  f"won {np.mean(summary['won_mean']):.2f} | eps {np.mean(summary['epsilon']):.2f} "
+                  f"| loss {np.mean(loss):.3f}{test_txt} | eta {_fmt_eta(eta)}")
+        if int(np.min(t_env)) >= next_ckpt:
+            checkpoint.save(mgr, int(np.min(t_env)), state)
+            next_ckpt = (int(np.min(t_env)) // t.checkpoint_interval + 1) * t.checkpoint_interval
+        if max_chunks is not None and chunks >= max_chunks:
+            checkpoint.save(mgr, int(np.min(t_env)), state)
+            return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
+    tests = runner.tests(state, jax.random.fold_in(test_key, int(np.min(t_env))))
+    last_test = _test_summary(tests)
+    _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
+    checkpoint.save(mgr, int(np.min(t_env)), state)
+    _log(out, f"done in {_fmt_eta(time.time() - start)}: test won {np.mean(last_test['test_won_mean']):.3f}"
+              + (f", under FGSM {np.mean(last_test['test_fgsm_won_mean']):.3f}" if "test_fgsm_won_mean" in last_test else "")
+              + f"; run dir {run_dir}")
+    return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
+
+
+def _write(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _log(out: TextIO | None, line: str) -> None:
+    if out is not None:
+        print(line, file=out, flush=True)
+

@@ -200,8 +200,18 @@ class CromacModel:
     def initial_hidden(self, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         return jnp.zeros(batch_shape + (self.n, self.h_dim))
 
+    def _check_shape(self, what: str, x: jax.Array, tail: tuple[int, ...]) -> None:
+        """Shapes are static under jit, so this check costs nothing at run time."""
+        if tuple(x.shape[-len(tail):]) != tail:
+            raise ConfigError(
+                f"{what} has shape {tuple(x.shape)}, but the model was built for trailing dims {tail} "
+                f"(env dims {self.dims})"
+            )
+
     def agent_step(self, params: Params, h: jax.Array, obs: jax.Array) -> jax.Array:
         """[..., N, H], [..., N, O] -> [..., N, H] (parameters shared across agents)."""
+        self._check_shape("observation", obs, (self.n, self.dims.obs_dim))
+        self._check_shape("hidden state", h, (self.n, self.h_dim))
         return self.agent.apply({"params": params["agent"]}, h, obs)
 
     def head(self, params: Params, x: jax.Array) -> jax.Array:
@@ -295,8 +305,10 @@ class CromacModel:
         of ``ame_vote``.
         """
         kind = self.method.messages
+        self._check_shape("hidden state", hidden, (self.n, self.h_dim))
         if kind == "none":
             return self.head(params, self.head_input(hidden))
+        self._check_shape("messages", messages, (self.n, self.n, self.h_dim))
         own = self.own_messages(messages)
         if kind == "poe":
             z, _ = self.encode_messages(params, messages)

@@ -192,7 +192,7 @@ class Trainer:
         state = state.replace(
             params=params, target_params=target, opt_state=opt_state, rew_stats=rew_stats, updates=n_updates
         )
-        return state, (loss, aux, optax.global_norm(grads))
+        return state, (loss, aux, optax.tree.norm(grads))
 
     def iteration(self, state: TrainState, _: Any = None) -> tuple[TrainState, IterMetrics]:
         """Collect ``num_envs`` episodes, store them, then run the learner updates."""

@@ -126,7 +126,7 @@ def train(
     cfg: Config,
     run_dir: str | Path | None = None,
     resume: bool = False,
-    out: TextIO | None = sys.stdout,
+    out: TextIO | None | str = "stdout",
     max_chunks: int | None = None,
     on_chunk: Callable[[dict], None] | None = None,
 ) -> RunResult:
@@ -136,6 +136,7 @@ def train(
     ``max_chunks`` stops early (used by tests to interrupt a run).
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    out = sys.stdout if out == "stdout" else out  # resolved per call (tests replace sys.stdout)
     t = cfg.train
     start = time.time()
     runner = SeedRunner(cfg)

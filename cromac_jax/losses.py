@@ -164,8 +164,8 @@ def loss_fn(
     if method.state_vae:
         vae_per, z, st_mean, st_logvar = state_vae_loss(model, params, batch.state, k_vae)
         vae_l = jnp.sum(vae_per * filled) / (B * T1)
-        _, z_tgt, _, _ = state_vae_loss(model, target_params, batch.state, k_tvae)
-        z_tgt = jax.lax.stop_gradient(z_tgt)
+        t_mean, t_logvar = model.encode_state(target_params, batch.state)  # no decoder needed
+        z_tgt = jax.lax.stop_gradient(t_mean + jnp.exp(0.5 * t_logvar) * jax.random.normal(k_tvae, t_mean.shape))
         if method.messages == "poe":
             poe_l = jnp.sum(poe_distillation_loss(model, params, h, st_mean, st_logvar) * filled) / (B * T1)
         if method.robust:

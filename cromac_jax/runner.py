@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import yaml
 
@@ -54,6 +55,22 @@ def read_config(run_dir: str | Path) -> Config:
     return from_dict(yaml.safe_load(path.read_text()) or {})
 
 
+def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding | None:
+    """Lay the seed axis over the devices (a 1-D mesh, axis type Auto), or None on one device.
+
+    Seeds never communicate, so XLA partitions the vmapped program with no collectives. When the
+    seed count does not divide evenly, the largest device count that divides it is used.
+    Across hosts, call ``jax.distributed.initialize()`` first: ``jax.devices()`` then lists every
+    process's devices and the same mesh spans them.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = math.gcd(num_seeds, len(devices))
+    if n <= 1:
+        return None
+    mesh = Mesh(np.array(devices[:n]), ("seeds",), axis_types=(AxisType.Auto,))
+    return NamedSharding(mesh, PartitionSpec("seeds"))
+
+
 class SeedRunner:
     """Holds the compiled functions of one configured run over all its seeds."""
 
@@ -61,8 +78,10 @@ class SeedRunner:
         self.cfg = cfg
         self.trainer = trainer or make_train(cfg)
         tr = self.trainer
-        self._init = jax.jit(jax.vmap(tr.init))
-        self._chunk = jax.jit(jax.vmap(tr.train_chunk), donate_argnums=0)
+        self.sharding = seed_sharding(cfg.train.num_seeds)
+        shard = {} if self.sharding is None else {"out_shardings": self.sharding}
+        self._init = jax.jit(jax.vmap(tr.init), **shard)
+        self._chunk = jax.jit(jax.vmap(tr.train_chunk), donate_argnums=0, **shard)
         n_test = cfg.train.test_nepisode
         eps = cfg.cromac.eps
 

@@ -57,6 +57,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from cromac_jax import sweep
+
+    extra = list(args.overrides)
+    if args.t_max is not None:
+        extra.append(f"train.t_max={args.t_max}")
+    if args.num_envs is not None:
+        extra.append(f"train.num_envs={args.num_envs}")
+    try:
+        index, count = (int(x) for x in args.share.split("/"))
+    except ValueError:
+        raise SystemExit(f"cromac sweep: --share must look like I/N, got {args.share!r}") from None
+    sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count))
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (data only; see configs/)")
     p.add_argument("--env", help="environment preset (cromac envs lists them)")
@@ -80,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", dest="run_dir", help="where config, metrics and checkpoints go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sweep", help="train every env x method x mixer combination, all seeds vmapped, then summarise")
+    p.add_argument("--envs", nargs="+", default=["hallway_4x5x6"])
+    p.add_argument("--methods", nargs="+", default=["cromac", "cromac_no_robust", "full_comm", "qmix", "ame"])
+    p.add_argument("--mixers", nargs="+", default=["qmix"])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--t-max", dest="t_max", type=int)
+    p.add_argument("--num-envs", dest="num_envs", type=int)
+    p.add_argument("--out", default="runs/sweep", help="sweep directory (resumable)")
+    p.add_argument("--share", default="0/1", help="I/N: train only every N-th run starting at I (split across processes)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

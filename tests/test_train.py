@@ -147,3 +147,20 @@ def test_env_presets_defaults_match_configs_dir():
         from_file = C.load(path)
         from_table = C.resolve({"env": {"name": name}})
         assert from_file == from_table, name
+
+
+def test_sweep_trains_each_combination_is_resumable_and_summarises(tmp_path, capsys):
+    base = ["env.overrides={state_numbers: [2, 2]}", "model.rnn_hidden=4", "model.z_dim=4", "model.vae_hidden=4",
+            "train.buffer_size=16", "train.batch_size=2", "train.learning_starts=2", "train.chunk_iterations=2",
+            "train.test_nepisode=2", "train.num_envs=2", "train.t_max=60"]
+    argv = ["sweep", "--out", str(tmp_path), "--envs", "hallway_4x5x6", "--methods", "qmix", "cromac", "--seeds", "2"] + base
+    assert cli.main(argv + ["--share", "1/2"]) == 0  # the second process's share: cromac only
+    out = capsys.readouterr().out
+    assert "[1/1] hallway_4x5x6_cromac_qmix: starting" in out and "| hallway_4x5x6_qmix_qmix | - | - | missing" in out
+    assert cli.main(argv) == 0  # one process, the whole sweep: cromac is skipped, qmix trained
+    out = capsys.readouterr().out
+    assert "hallway_4x5x6_cromac_qmix: already finished, skipped" in out
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["seeds"] == 2 for r in rows)
+    assert "test_fgsm_won_mean" in rows[1] and "test_fgsm_won_mean" not in rows[0]
+    assert (tmp_path / "summary.md").read_text().count("\n") == 4

@@ -1,0 +1,131 @@
+"""Multi-seed sweeps: every (env, method, mixer) combination, each trained with all its seeds vmapped.
+
+A sweep directory holds one run directory per combination plus ``summary.md`` / ``summary.json``.
+It is resumable: a finished run is skipped, an interrupted one continues from its checkpoint. Runs
+can be split across independent processes with ``--share I/N``: process I takes every N-th run in a
+fixed order, so shares never overlap and any process can write the summary afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from cromac_jax import checkpoint, config, runner
+from cromac_jax.config import ConfigError
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    env: str
+    method: str
+    mixer: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.env}_{self.method}_{self.mixer}"
+
+
+def plan(envs: list[str], methods: list[str], mixers: list[str]) -> list[SweepRun]:
+    return [SweepRun(e, m, x) for e, m, x in itertools.product(envs, methods, mixers)]
+
+
+def my_share(runs: list[SweepRun], index: int, count: int) -> list[SweepRun]:
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--share {index}/{count} is invalid: need 0 <= index < count")
+    return runs[index::count]
+
+
+def run_config(run: SweepRun, base: list[str], seeds: int) -> config.Config:
+    overrides = list(base) + [
+        f"env.name={run.env}",
+        f"train.method={run.method}",
+        f"model.mixer={run.mixer}",
+        f"train.num_seeds={seeds}",
+    ]
+    return config.load(None, overrides)
+
+
+def _finished(run_dir: Path, cfg: config.Config) -> bool:
+    steps = checkpoint.all_steps(run_dir)
+    return bool(steps) and steps[-1] >= cfg.train.t_max
+
+
+def sweep(
+    out_dir: str | Path,
+    envs: list[str],
+    methods: list[str],
+    mixers: list[str],
+    seeds: int,
+    overrides: list[str] | None = None,
+    share: tuple[int, int] = (0, 1),
+    out: TextIO | None = sys.stdout,
+) -> list[dict[str, Any]]:
+    """Train this process's share of the sweep, then write the summary of every finished run."""
+    out_dir = Path(out_dir)
+    runs = plan(envs, methods, mixers)
+    cfgs = {r: run_config(r, overrides or [], seeds) for r in runs}  # validate everything first
+    mine = my_share(runs, *share)
+    for i, r in enumerate(mine, 1):
+        run_dir = out_dir / r.name
+        cfg = cfgs[r]
+        if _finished(run_dir, cfg):
+            _log(out, f"[{i}/{len(mine)}] {r.name}: already finished, skipped")
+            continue
+        resume = bool(checkpoint.all_steps(run_dir))
+        _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")
+        runner.train(cfg, run_dir=run_dir, resume=resume, out=out)
+    return summarise(out_dir, runs, out)
+
+
+def _last_test(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    tests = [json.loads(line) for line in path.read_text().splitlines() if '"kind": "test"' in line]
+    return tests[-1] if tests else None
+
+
+def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None = sys.stdout) -> list[dict[str, Any]]:
+    """Final test results of every run in the sweep, mean ± std over seeds, as Markdown and JSON."""
+    rows = []
+    for r in runs:
+        test = _last_test(out_dir / r.name)
+        if test is None:
+            rows.append({"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": "missing"})
+            continue
+        row = {"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": "ok",
+               "t_env": int(np.min(test["t_env"])), "seeds": len(test["t_env"])}
+        for key in ("test_won_mean", "test_return_mean", "test_fgsm_won_mean"):
+            if key in test:
+                v = np.asarray(test[key], dtype=float)
+                row[key] = float(v.mean())
+                row[key + "_std"] = float(v.std())
+        rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| run | seeds | env steps | won (clean) | won (FGSM) | return |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(f"| {row['run']} | - | - | missing | - | - |")
+            continue
+        fg = f"{row['test_fgsm_won_mean']:.3f} ± {row['test_fgsm_won_mean_std']:.3f}" if "test_fgsm_won_mean" in row else "n/a"
+        lines.append(
+            f"| {row['run']} | {row['seeds']} | {row['t_env']:,} | {row['test_won_mean']:.3f} ± {row['test_won_mean_std']:.3f} "
+            f"| {fg} | {row['test_return_mean']:.3f} ± {row['test_return_mean_std']:.3f} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (out_dir / "summary.md").write_text(table)
+    _log(out, table)
+    return rows
+
+
+def _log(out: TextIO | None, line: str) -> None:
+    if out is not None:
+        print(line, file=out, flush=True)

@@ -200,14 +200,15 @@ class CromacEnv(MultiAgentEnv):
     def step(self, key, state, actions, reset_state=None):
         """JaxMARL's auto-resetting step; the run-level draw survives the reset."""
         key, key_reset = jax.random.split(key)
-        obs_st, state_st, rewards, dones, infos = self.step_env(key, state, actions)
+        ts, state_st = self.step_arrays(key, state, self._actions_array(actions))
         state_re = self._reset(key_reset, state.run) if reset_state is None else reset_state
-        done = dones["__all__"]
+        done = ts.done
         state = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), state_re, state_st)
-        obs = jax.tree.map(
-            lambda r, s: jax.lax.select(done, r, s), self.get_obs(state_re), obs_st
-        )
-        return obs, state, rewards, dones, infos
+        # Observations are built once, from the selected state (not for both branches).
+        rewards = {a: ts.reward for a in self.agents}
+        dones = {a: done for a in self.agents}
+        dones["__all__"] = done
+        return self.get_obs(state), state, rewards, dones, self._info(ts, state_st)
 
     @property
     def agent_classes(self) -> dict[str, list[str]]:

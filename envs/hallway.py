@@ -63,7 +63,10 @@ class Hallway(CromacEnv):
         )
 
     def _reset(self, key: chex.PRNGKey, run) -> HallwayState:
-        pos = jax.random.randint(key, (self.n_agents,), 1, self.lengths + 1)
+        # One draw of raw bits, reduced modulo each length (bias < 2^-28): the reset runs on every
+        # auto-reset step, and hallway's step is so cheap that randint's extra work would dominate.
+        bits = jax.random.bits(key, (self.n_agents,), jnp.uint32)
+        pos = (bits % self.lengths.astype(jnp.uint32)).astype(jnp.int32) + 1
         return HallwayState(pos=pos, step=jnp.zeros((), jnp.int32), run=run)
 
     def _transition(self, key, state: HallwayState, actions: chex.Array):

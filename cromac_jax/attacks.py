@@ -24,6 +24,9 @@ Built-in attacks (``ATTACKS``; the names the evaluator and ``cromac eval`` accep
   random start in the ball, then ``PGD_STEPS = 10`` signed steps of ``alpha = eps / 4``, each
   projected back onto the eps-ball (``make_pgd`` builds other variants).
 
+For AME, ``q_fn`` is the ensemble-mean Q (``CromacModel.q_values``): the gradient attacks
+target that differentiable surrogate of its vote, and the vote decides the action.
+
 Methods that read no messages (qmix) are unaffected by construction: their Q-values do not
 depend on ``messages`` (the gradient is zero, FGSM leaves the messages as they are, and any
 perturbation leaves the decisions unchanged).

@@ -27,7 +27,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _config_from_args(args: argparse.Namespace):
     from cromac_jax import config
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + list(args.set or [])
     shortcuts = {
         "env": "env.name",
         "method": "train.method",
@@ -47,13 +47,12 @@ def _config_from_args(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from cromac_jax import runner
 
-    if args.resume:
-        if args.run_dir is None:
-            raise SystemExit("cromac train --resume needs --run-dir RUN_DIR")
-        cfg = runner.read_config(args.run_dir)
-    else:
-        cfg = _config_from_args(args)
-    runner.train(cfg, run_dir=args.run_dir, resume=args.resume)
+    if args.resume is not None:
+        cfg = runner.read_config(args.resume)
+        runner.train(cfg, run_dir=args.resume, resume=True)
+        return 0
+    cfg = _config_from_args(args)
+    runner.train(cfg, run_dir=args.run_dir)
     return 0
 
 
@@ -81,6 +80,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="base seed")
     p.add_argument("--t-max", dest="t_max", type=int, help="env steps per seed")
     p.add_argument("--num-envs", dest="num_envs", type=int, help="parallel envs per seed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set cromac.eps=0.1 (repeatable)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. cromac.eps=0.1")
 
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--method", help="qmix | full_comm | cromac | cromac_no_robust | ame")
     p.add_argument("--run-dir", dest="run_dir", help="where config, metrics and checkpoints go")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint (bit-for-bit)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sweep", help="train every env x method x mixer combination, all seeds vmapped, then summarise")
@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", default="0/1", help="I/N: train only every N-th run starting at I (split across processes)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
     p.set_defaults(func=_cmd_sweep)
+
+    from cromac_jax.evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -125,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cromac: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cromac: interrupted; the latest checkpoint is kept (resume with --resume)", file=sys.stderr)
+        print("cromac: interrupted; the latest checkpoint is kept (continue with cromac train --resume RUN_DIR)", file=sys.stderr)
         return 130
 
 

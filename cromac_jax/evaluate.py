@@ -554,7 +554,7 @@ def eval_grid(
             w.writeheader()
             for r in rows:
                 w.writerow({k: ("" if v is None else v) for k, v in r.items() if k != "per_seed"})
-        paths["json"].write_text(json.dumps({
+        paths["json"].write_text(json.dumps(_finite({
             "run_dir": str(run.run_dir),
             "step": run.step,
             "env": run.cfg.env.name,
@@ -568,8 +568,19 @@ def eval_grid(
             "certified_at_config_eps": {"mean": _nanfloat(np.mean(cfg_cert)), "std": _nanfloat(np.std(cfg_cert)),
                                         "per_seed": [_nanfloat(x) for x in cfg_cert]},
             "rows": rows,
-        }, indent=1, default=_nanfloat))
+        }), indent=1))
     return rows
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _nanfloat(x: Any) -> float | None:

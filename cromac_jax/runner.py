@@ -202,15 +202,11 @@ def train(
         dt = time.time() - c0
         if chunks == 1:
             _log(out, f"first chunk (compile + run) took {time.time() - compile_t0:.1f}s")
+        _check_finite(metrics, run_dir)
         loss = np.asarray(summary["loss"])
-        if not np.all(np.isfinite(loss)):
-            bad = [i for i, v in enumerate(loss) if not math.isfinite(v)]
-            raise TrainingError(
-                f"non-finite loss in seed(s) {bad} at t_env {t_env.tolist()}; "
-                f"last good checkpoint kept in {str(run_dir / checkpoint.CHECKPOINT_DIR)!r}"
-            )
         record = {"kind": "train", "chunk_seconds": dt, **summary}
         _write(metrics_path, record)
+        _write_csv(run_dir / "metrics.csv", record)
         if on_chunk:
             on_chunk(record)
         rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
@@ -234,10 +230,47 @@ def train(
     last_test = _test_summary(tests)
     _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
     checkpoint.save(mgr, int(np.min(t_env)), state)
-    _log(out, f"done in {_fmt_eta(time.time() - start)}: test won {np.mean(last_test['test_won_mean']):.3f}"
-              + (f", under FGSM {np.mean(last_test['test_fgsm_won_mean']):.3f}" if "test_fgsm_won_mean" in last_test else "")
-              + f"; run dir {run_dir}")
+    line = (f"{cfg.train.method} on {cfg.env.name}, {t.num_seeds} seed(s), {int(np.min(t_env)):,} env steps: "
+            f"test won {np.mean(last_test['test_won_mean']):.3f} ± {np.std(last_test['test_won_mean']):.3f}")
+    if "test_fgsm_won_mean" in last_test:
+        line += (f", under FGSM (eps {cfg.cromac.eps}) {np.mean(last_test['test_fgsm_won_mean']):.3f}"
+                 f" ± {np.std(last_test['test_fgsm_won_mean']):.3f}")
+    (run_dir / "summary.txt").write_text(line + "\n")
+    _log(out, f"done in {_fmt_eta(time.time() - start)}: {line}; run dir {run_dir}")
     return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
+
+
+LOSS_PARTS = ("td", "vae", "poe", "robust", "loss", "grad_norm")
+
+
+def _check_finite(metrics: Any, run_dir: Path) -> None:
+    """Stop at the first iteration whose loss is not finite, naming the loss, seed and step.
+
+    The state that produced it is never saved; the last checkpoint on disk stays loadable."""
+    for part in LOSS_PARTS:
+        values = np.asarray(getattr(metrics, part))  # [S, K]
+        bad = ~np.isfinite(values)
+        if bad.any():
+            seed, k = (int(i[0]) for i in np.nonzero(bad))
+            step = int(np.asarray(metrics.t_env)[seed, k])
+            raise TrainingError(
+                f"non-finite {part} loss ({values[seed, k]}) in seed {seed} at env step {step:,}; training "
+                f"stopped, last good checkpoint kept in {str(run_dir / checkpoint.CHECKPOINT_DIR)!r}"
+            )
+
+
+CSV_FIELDS = ("t_env", "episodes", "updates", "epsilon", "return_mean", "won_mean", "ep_length_mean",
+              "loss", "td", "vae", "poe", "robust", "q_taken", "grad_norm")
+
+
+def _write_csv(path: Path, record: dict) -> None:
+    """One row per chunk and seed: the same numbers as metrics.jsonl, for spreadsheets and pandas."""
+    new = not path.exists()
+    with path.open("a") as f:
+        if new:
+            f.write("seed," + ",".join(CSV_FIELDS) + "\n")
+        for seed in range(len(record["t_env"])):
+            f.write(f"{seed}," + ",".join(repr(float(record[k][seed])) for k in CSV_FIELDS) + "\n")
 
 
 def _write(path: Path, record: dict) -> None:

@@ -120,6 +120,10 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "training cromac" in out and "done in" in out
+    summary = (tmp_path / "r" / "summary.txt").read_text()
+    assert summary.startswith("cromac on hallway_3x3x4x4, 1 seed(s)") and "under FGSM" in summary
+    assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 0  # already finished: nothing lost
+    assert "resumed" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["cromac"]["kappa"] == 10.0
     for argv, needle in [
         (["train", "train.t_maxx=1"], "unknown config key 'train.t_maxx' (did you mean train.t_max?)"),
@@ -128,7 +132,7 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
         (["train", "--method", "qmx"], "train.method='qmx' is invalid"),
         (["train", "cromac.eps=-1"], "cromac.eps=-1.0 is invalid"),
         (["train", "--config", str(tmp_path / "nope.yaml")], "does not exist"),
-        (["train", "--resume", "--run-dir", str(tmp_path / "none")], "is not a run directory"),
+        (["train", "--resume", str(tmp_path / "none")], "is not a run directory"),
     ]:
         rc = cli.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
@@ -164,3 +168,28 @@ def test_sweep_trains_each_combination_is_resumable_and_summarises(tmp_path, cap
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["seeds"] == 2 for r in rows)
     assert "test_fgsm_won_mean" in rows[1] and "test_fgsm_won_mean" not in rows[0]
     assert (tmp_path / "summary.md").read_text().count("\n") == 4
+
+
+def test_nan_loss_stops_with_the_loss_and_step_named_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny(checkpoint_interval=1)
+    real_chunk = runner.SeedRunner.chunk
+    calls = {"n": 0}
+
+    def poisoned(self, state):
+        state, metrics = real_chunk(self, state)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second chunk's last iteration of seed 0 goes NaN in the PoE loss
+            poe = np.asarray(metrics.poe).copy()
+            poe[0, -1] = np.nan
+            metrics = metrics._replace(poe=poe)
+        return state, metrics
+
+    monkeypatch.setattr(runner.SeedRunner, "chunk", poisoned)
+    with pytest.raises(runner.TrainingError, match=r"non-finite poe loss \(nan\) in seed 0 at env step [\d,]+; training stopped"):
+        runner.train(cfg, run_dir=tmp_path / "r", out=None)
+    steps = checkpoint.all_steps(tmp_path / "r")
+    assert len(steps) == 1  # the first chunk's checkpoint, nothing from the poisoned one
+    step, state = checkpoint.restore(tmp_path / "r", runner.SeedRunner(cfg).abstract_state())
+    assert step == steps[0] and np.all(np.isfinite(np.asarray(jax.tree.leaves(state.params)[0])))
+    csv = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("seed,t_env,") and len(csv) == 2  # one chunk x one seed before the NaN

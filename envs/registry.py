@@ -75,6 +75,7 @@ def _register_builtin() -> None:
     Hallway = "envs.hallway:Hallway"
     LevelBasedForaging = "envs.lbf:LevelBasedForaging"
     TrafficJunction = "envs.traffic_junction:TrafficJunction"
+    SmaxComm = "envs.smax_comm:SmaxComm"
 
     register("hallway_4x5x6", Hallway, "hallway, corridors 4,5,6 (3 agents)", state_numbers=(4, 5, 6))
     register(
@@ -84,6 +85,8 @@ def _register_builtin() -> None:
     register("lbf_4p1f", LevelBasedForaging, "LBF 8x8, 4 players, 1 food, T=15", n_players=4, time_limit=15)
     register("tj_slow", TrafficJunction, "traffic junction easy, 5 cars, arrival 0.3", n_cars=5, arrival_rate=0.3)
     register("tj_fast", TrafficJunction, "traffic junction easy, 4 cars, arrival 0.4", n_cars=4, arrival_rate=0.4)
+    register("smax_1o2r_vs_4r", SmaxComm, "SMAX stand-in for SMAC 1o_2r_vs_4r (3 agents)", map_name="1o_2r_vs_4r")
+    register("smax_1o10b_vs_1r", SmaxComm, "SMAX stand-in for SMAC 1o_10b_vs_1r (11 agents)", map_name="1o_10b_vs_1r")
 
 
 _register_builtin()

@@ -216,3 +216,21 @@ def test_random_actions_are_uniform_over_available(env_throughput):
         counts = jnp.bincount(acts[:, row], length=4)
         expected = 6000 / len(allowed)
         assert all(abs(int(counts[a]) - expected) < 0.1 * expected for a in allowed)
+
+
+def test_train_throughput_smoke(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "t.json"
+    data = mod.main(["--methods", "qmix", "--seeds", "1", "--chunks", "1", "--chunk-iterations", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "train_throughput"
+    (row,) = data["results"]
+    assert row["env_steps_per_s"] > 0 and row["compile_s"] > 0 and row["buffer_bytes_per_seed"] > 0
+    import re
+
+    assert re.search(r"\|\s*hallway_4x5x6\s*\|\s*qmix\s*\|\s*1\s*\|", capsys.readouterr().out)

@@ -193,3 +193,14 @@ def test_nan_loss_stops_with_the_loss_and_step_named_and_keeps_the_checkpoint(tm
     assert step == steps[0] and np.all(np.isfinite(np.asarray(jax.tree.leaves(state.params)[0])))
     csv = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
     assert csv[0].startswith("seed,t_env,") and len(csv) == 2  # one chunk x one seed before the NaN
+
+
+def test_cli_envs_lists_every_preset_with_its_sizes(capsys):
+    import envs
+
+    assert cli.main(["envs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:6] == ["preset", "agents", "obs", "state", "actions", "limit"]
+    rows = {line.split()[0]: line.split()[1:6] for line in out[1:]}
+    assert set(rows) == set(envs.preset_names())
+    assert rows["hallway_4x5x6"] == ["3", "1", "3", "3", "16"] and rows["tj_slow"] == ["5", "15", "75", "2", "50"]

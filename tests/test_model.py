@@ -249,3 +249,14 @@ def test_bad_model_input_is_refused_clearly():
         other.check_params(p)
     with pytest.raises(ConfigError, match="n_agents=0"):
         EnvDims(0, 1, 1, 3, 10).validate()
+
+
+def test_batched_unroll_equals_stepping_the_agent():
+    m, _ = model_for("cromac")
+    p = m.init(jax.random.PRNGKey(0))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, 17, 3, 1))
+    hs = L.unroll(m, p, obs)
+    h = m.initial_hidden((4,))
+    for t in range(17):
+        h = m.agent_step(p, h, obs[:, t])
+        np.testing.assert_allclose(hs[:, t], h, rtol=1e-5, atol=1e-6)

@@ -41,6 +41,9 @@ def _config_from_args(args: argparse.Namespace):
         value = getattr(args, attr, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    chose = args.config is not None or any(o.split("=", 1)[0] in ("env.name", "train.method") for o in overrides)
+    if not chose:  # plain `cromac train`: the embedded quick default, user overrides on top
+        return config.resolve(config.merge(config.QUICK_DEFAULT, config.parse_overrides(overrides)))
     return config.load(args.config, overrides)
 
 

@@ -204,3 +204,16 @@ def test_cli_envs_lists_every_preset_with_its_sizes(capsys):
     rows = {line.split()[0]: line.split()[1:6] for line in out[1:]}
     assert set(rows) == set(envs.preset_names())
     assert rows["hallway_4x5x6"] == ["3", "1", "3", "3", "16"] and rows["tj_slow"] == ["5", "15", "75", "2", "50"]
+
+
+def test_plain_cromac_train_uses_the_quick_default_and_named_runs_the_paper_values():
+    def cfg_of(*argv):
+        ns = cli.build_parser().parse_args(["train", *argv])
+        return cli._config_from_args(ns)
+
+    quick = cfg_of()
+    assert (quick.env.name, quick.train.method, quick.train.num_seeds, quick.train.t_max) == ("hallway_4x5x6", "cromac", 3, 400_000)
+    assert quick.cromac.robust_start == 200_000 and quick.cromac.kappa == 5.0
+    assert cfg_of("--seeds", "1").train.num_seeds == 1 and cfg_of("--seeds", "1").train.t_max == 400_000
+    paper = cfg_of("--env", "hallway_4x5x6")
+    assert paper.train.t_max == 2_050_000 and paper.cromac.robust_start == 700_000 and paper.train.num_seeds == 1

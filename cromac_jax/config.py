@@ -249,14 +249,14 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 #: What ``cromac train`` runs with no config, env or method given: CroMAC on hallway 4x5x6 with the
-#: paper's hyperparameters but a short schedule (3 seeds x 400k env steps, epsilon annealed over
-#: 50k, robust training from 200k), so a first run on a laptop CPU learns and shows the effect of
-#: robust training within about a quarter of an hour. The paper's own protocol (2.05M steps,
+#: paper's hyperparameters but a short schedule (3 seeds x 450k env steps, epsilon annealed over
+#: 50k, robust training from 250k), so a first run on a laptop CPU learns and shows the effect of
+#: robust training in about a quarter of an hour. The paper's own protocol (2.05M steps,
 #: robust from 700k) is ``--config configs/hallway_4x5x6.yaml``.
 QUICK_DEFAULT: dict[str, Any] = {
     "env": {"name": "hallway_4x5x6"},
-    "train": {"method": "cromac", "num_seeds": 3, "t_max": 400_000, "epsilon_anneal_time": 50_000, "test_interval": 20_000},
-    "cromac": {"robust_start": 200_000},
+    "train": {"method": "cromac", "num_seeds": 3, "t_max": 450_000, "epsilon_anneal_time": 50_000, "test_interval": 25_000},
+    "cromac": {"robust_start": 250_000},
 }
 
 

@@ -248,9 +248,20 @@ class Trainer:
         )
         return state, metrics
 
+    def budgeted_iteration(self, state: TrainState, _: Any = None) -> tuple[TrainState, IterMetrics]:
+        """An iteration that leaves a seed untouched once it has used its ``t_max`` env steps.
+
+        Seeds run at different env-step rates (episode lengths differ), and a vmapped chunk
+        steps them together; freezing the finished ones keeps every seed's budget exact.
+        """
+        new_state, metrics = self.iteration(state)
+        active = state.t_env < self.cfg.train.t_max
+        state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state)
+        return state, metrics._replace(t_env=state.t_env, episodes=state.episodes, updates=state.updates)
+
     def train_chunk(self, state: TrainState) -> tuple[TrainState, IterMetrics]:
         """K iterations under ``lax.scan``: the unit the Python loop calls (per seed)."""
-        return jax.lax.scan(self.iteration, state, None, length=self.chunk_iterations)
+        return jax.lax.scan(self.budgeted_iteration, state, None, length=self.chunk_iterations)
 
     # ------------------------------------------------------------------ testing
     def test(

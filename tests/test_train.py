@@ -36,6 +36,15 @@ def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs():
     cfg2 = tiny(num_seeds=2)
     r2 = runner.SeedRunner(cfg2)
     s2, m2 = r2.chunk(r2.init_state())
+    # every seed stops at exactly its own budget, even though seeds run at different rates
+    done = jax.tree.map(lambda x: x.copy(), s2)
+    for _ in range(40):
+        done, _ = r2.chunk(done)
+        if np.min(np.asarray(done.t_env)) >= cfg2.train.t_max:
+            break
+    t_done = np.asarray(done.t_env)
+    one_iteration = cfg2.train.num_envs * 12  # num_envs episodes of at most episode_limit steps
+    assert np.all(t_done >= cfg2.train.t_max) and np.all(t_done <= cfg2.train.t_max + one_iteration)
     cfg1 = tiny(num_seeds=1)
     r1 = runner.SeedRunner(cfg1)
     s1, m1 = r1.chunk(r1.init_state())
@@ -212,8 +221,8 @@ def test_plain_cromac_train_uses_the_quick_default_and_named_runs_the_paper_valu
         return cli._config_from_args(ns)
 
     quick = cfg_of()
-    assert (quick.env.name, quick.train.method, quick.train.num_seeds, quick.train.t_max) == ("hallway_4x5x6", "cromac", 3, 400_000)
-    assert quick.cromac.robust_start == 200_000 and quick.cromac.kappa == 5.0
-    assert cfg_of("--seeds", "1").train.num_seeds == 1 and cfg_of("--seeds", "1").train.t_max == 400_000
+    assert (quick.env.name, quick.train.method, quick.train.num_seeds, quick.train.t_max) == ("hallway_4x5x6", "cromac", 3, 450_000)
+    assert quick.cromac.robust_start == 250_000 and quick.cromac.kappa == 5.0
+    assert cfg_of("--seeds", "1").train.num_seeds == 1 and cfg_of("--seeds", "1").train.t_max == 450_000
     paper = cfg_of("--env", "hallway_4x5x6")
     assert paper.train.t_max == 2_050_000 and paper.cromac.robust_start == 700_000 and paper.train.num_seeds == 1

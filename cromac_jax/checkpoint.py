@@ -77,8 +77,14 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
     except (ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {step} in {str(run_dir)!r} does not match this config "
-            f"(different env, method, sizes or seed count?): {first[:300]}"
+            f"checkpoint {step} in {str(run_dir)!r} does not match this config or is damaged "
+            f"(different env, method, sizes or seed count, or a corrupt file?): {first[:300]}"
+        ) from None
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {step} in {str(run_dir)!r} is unreadable (corrupt or partially written?): "
+            f"{type(e).__name__}: {first[:300]}"
         ) from None
     _check_shapes(state, abstract_state, run_dir, step)
     return step, state

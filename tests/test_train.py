@@ -226,3 +226,21 @@ def test_plain_cromac_train_uses_the_quick_default_and_named_runs_the_paper_valu
     assert cfg_of("--seeds", "1").train.num_seeds == 1 and cfg_of("--seeds", "1").train.t_max == 450_000
     paper = cfg_of("--env", "hallway_4x5x6")
     assert paper.train.t_max == 2_050_000 and paper.cromac.robust_start == 700_000 and paper.train.num_seeds == 1
+
+
+# orbax's background I/O thread reports the failed read once more after the error is raised
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_checkpoint_is_refused_clearly_and_older_ones_stay_usable(tmp_path):
+    cfg = tiny(checkpoint_interval=1)
+    runner.train(cfg, run_dir=tmp_path / "r", out=None, max_chunks=2)
+    steps = checkpoint.all_steps(tmp_path / "r")
+    assert len(steps) == 2
+    abstract = runner.SeedRunner(cfg).abstract_state()
+    newest = tmp_path / "r" / "checkpoints" / str(steps[-1]) / "default"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # the array data files
+            f.write_bytes(b"\0" * 16)
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {steps[-1]} in .* (is unreadable|or is damaged)"):
+        checkpoint.restore(tmp_path / "r", abstract)
+    step, _ = checkpoint.restore(tmp_path / "r", abstract, step=steps[0])
+    assert step == steps[0]

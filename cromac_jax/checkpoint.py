@@ -71,7 +71,7 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
     if step not in steps:
         raise CheckpointError(f"no checkpoint at step {step} in {str(run_dir)!r}; available: {steps}")
     mgr = manager(run_dir)
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    target = jax.tree.map(_with_sharding, abstract_state)
     try:
         state = mgr.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError, TypeError) as e:
@@ -88,6 +88,16 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         ) from None
     _check_shapes(state, abstract_state, run_dir, step)
     return step, state
+
+
+def _with_sharding(x: Any) -> jax.ShapeDtypeStruct:
+    """Orbax lays restored arrays out as the target says; a target without a sharding would make it
+    reuse the saving run's device layout, so a checkpoint written by 2 processes could not be
+    restored by 1. Unsharded leaves therefore go to this process's first device."""
+    x = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(x, "sharding", None) is None:
+        x = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    return x
 
 
 def _check_shapes(state: Any, abstract: Any, run_dir: Any, step: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -47,6 +48,16 @@ def _config_from_args(args: argparse.Namespace):
     return config.load(args.config, overrides)
 
 
+def _join(args: argparse.Namespace) -> None:
+    """``--distributed``: join the other processes before anything touches a JAX backend."""
+    if not getattr(args, "distributed", False):
+        return
+    from cromac_jax import distributed
+
+    distributed.initialize(distributed.DistributedSettings(
+        args.coordinator, args.num_processes, args.process_id, args.init_timeout, args.heartbeat_timeout))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from cromac_jax import runner
 
@@ -67,10 +78,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         extra.append(f"train.t_max={args.t_max}")
     if args.num_envs is not None:
         extra.append(f"train.num_envs={args.num_envs}")
-    try:
-        index, count = (int(x) for x in args.share.split("/"))
-    except ValueError:
-        raise SystemExit(f"cromac sweep: --share must look like I/N, got {args.share!r}") from None
+    if args.share == "auto":
+        from cromac_jax.distributed import share_from_environment
+
+        index, count = share_from_environment()
+    else:
+        try:
+            index, count = (int(x) for x in args.share.split("/"))
+        except ValueError:
+            raise SystemExit(f"cromac sweep: --share must look like I/N or auto, got {args.share!r}") from None
     sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count))
     return 0
 
@@ -87,6 +103,17 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. cromac.eps=0.1")
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process (jax.distributed; see README 'Beyond one machine')")
+    g.add_argument("--distributed", action="store_true", help="join other processes; seeds are laid over every process's devices")
+    g.add_argument("--coordinator", help="HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS, or SLURM/Open MPI detection)")
+    g.add_argument("--num-processes", dest="num_processes", type=int, help="default: $JAX_NUM_PROCESSES")
+    g.add_argument("--process-id", dest="process_id", type=int, help="default: $JAX_PROCESS_ID")
+    g.add_argument("--init-timeout", dest="init_timeout", type=int, default=120, help="seconds to wait for every process to join")
+    g.add_argument("--heartbeat-timeout", dest="heartbeat_timeout", type=int, default=30,
+                   help="seconds after which a silent peer counts as dead and every process stops")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cromac", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="qmix | full_comm | cromac | cromac_no_robust | ame")
     p.add_argument("--run-dir", dest="run_dir", help="where config, metrics and checkpoints go")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint (bit-for-bit)")
+    _add_distributed_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sweep", help="train every env x method x mixer combination, all seeds vmapped, then summarise")
@@ -108,26 +136,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-max", dest="t_max", type=int)
     p.add_argument("--num-envs", dest="num_envs", type=int)
     p.add_argument("--out", default="runs/sweep", help="sweep directory (resumable)")
-    p.add_argument("--share", default="0/1", help="I/N: train only every N-th run starting at I (split across processes)")
+    p.add_argument("--share", default="0/1",
+                   help="I/N: train only every N-th run starting at I; 'auto' reads the process index and count "
+                        "from JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM or Open MPI (one sweep over many processes)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
     p.set_defaults(func=_cmd_sweep)
 
     from cromac_jax.evaluate import add_eval_parser
 
     add_eval_parser(sub)
+
+    from cromac_jax.plot import add_plot_parser
+
+    add_plot_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "distributed", False) and args.command == "train":
+        # before the imports below: jaxmarl touches the XLA backend when imported
+        from cromac_jax.config import ConfigError
+        from cromac_jax.distributed import DistributedError
+
+        try:
+            _join(args)
+        except (ConfigError, DistributedError) as e:
+            print(f"cromac: error: {e}", file=sys.stderr)
+            return 2
     from cromac_jax.checkpoint import CheckpointError
     from cromac_jax.config import ConfigError
+    from cromac_jax.distributed import DistributedError
     from cromac_jax.runner import TrainingError
     from envs import EnvConfigError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except DistributedError as e:
+        # A peer is gone: JAX's shutdown barrier would wait for it and then abort with pages of
+        # C++ logs, so leave right after the one line that says what happened.
+        print(f"cromac: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     except (ConfigError, EnvConfigError, CheckpointError, TrainingError) as e:
         print(f"cromac: error: {e}", file=sys.stderr)
         return 2

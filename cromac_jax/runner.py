@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import yaml
 
 from cromac_jax import attacks, checkpoint
 from cromac_jax.config import Config, ConfigError, from_dict
+from cromac_jax.distributed import DistributedError
 from cromac_jax.train import Trainer, make_train, seed_keys
 
 
@@ -58,17 +60,35 @@ def read_config(run_dir: str | Path) -> Config:
 def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding | None:
     """Lay the seed axis over the devices (a 1-D mesh, axis type Auto), or None on one device.
 
-    Seeds never communicate, so XLA partitions the vmapped program with no collectives. When the
-    seed count does not divide evenly, the largest device count that divides it is used.
-    Across hosts, call ``jax.distributed.initialize()`` first: ``jax.devices()`` then lists every
-    process's devices and the same mesh spans them.
+    Seeds never communicate, so XLA partitions the vmapped program with no collectives. In one
+    process, when the seed count does not divide evenly, the largest device count that divides it
+    is used. Across processes (``cromac_jax.distributed``) every process must hold seeds, so a seed
+    count that does not divide over all devices is refused rather than leaving a process idle.
     """
     devices = list(jax.devices() if devices is None else devices)
-    n = math.gcd(num_seeds, len(devices))
+    if jax.process_count() > 1:
+        if num_seeds % len(devices):
+            raise ConfigError(
+                f"train.num_seeds={num_seeds} does not divide over the {len(devices)} devices of this "
+                f"{jax.process_count()}-process run; use a multiple of {len(devices)}"
+            )
+        n = len(devices)
+    else:
+        n = math.gcd(num_seeds, len(devices))
     if n <= 1:
         return None
     mesh = Mesh(np.array(devices[:n]), ("seeds",), axis_types=(AxisType.Auto,))
     return NamedSharding(mesh, PartitionSpec("seeds"))
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of (possibly sharded, possibly multi-process) arrays: every process gets all seeds."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
 
 
 class SeedRunner:
@@ -79,14 +99,24 @@ class SeedRunner:
         self.trainer = trainer or make_train(cfg)
         tr = self.trainer
         self.sharding = seed_sharding(cfg.train.num_seeds)
-        shard = {} if self.sharding is None else {"out_shardings": self.sharding}
-        self._init = jax.jit(jax.vmap(tr.init), **shard)
-        self._chunk = jax.jit(jax.vmap(tr.train_chunk), donate_argnums=0, **shard)
+        # Metrics and test results come back replicated, so each process can read every seed
+        # (the only cross-process traffic besides checkpoints: a few scalars per seed and chunk).
+        if self.sharding is None:
+            state_out = metrics_out = {}
+        else:
+            replicated = NamedSharding(self.sharding.mesh, PartitionSpec())
+            state_out = {"out_shardings": self.sharding}
+            metrics_out = {"out_shardings": (self.sharding, replicated)}
+            tests_out = {"out_shardings": replicated}
+        # Seed keys are made inside the program: no host array has to be laid over processes.
+        self._init = jax.jit(lambda: jax.vmap(tr.init)(seed_keys(cfg)), **state_out)
+        self._chunk = jax.jit(jax.vmap(tr.train_chunk), donate_argnums=0, **metrics_out)
         n_test = cfg.train.test_nepisode
         eps = cfg.cromac.eps
+        base_test_key = jax.random.PRNGKey(cfg.train.seed + 1_000_003)
 
-        def tests(state, key):
-            keys = jax.random.split(key, state.key.shape[0])
+        def tests(state, t):
+            keys = jax.random.split(jax.random.fold_in(base_test_key, t), state.key.shape[0])
 
             def one(params, run, k):
                 clean, _ = tr.test(params, run, k, n_test)
@@ -98,19 +128,20 @@ class SeedRunner:
 
             return jax.vmap(one)(state.params, state.env_run, keys)
 
-        self._tests = jax.jit(tests)
+        self._tests = jax.jit(tests, **({} if self.sharding is None else tests_out))
 
     def init_state(self) -> Any:
-        return self._init(seed_keys(self.cfg))
+        return self._init()
 
     def abstract_state(self) -> Any:
-        return jax.eval_shape(self._init, seed_keys(self.cfg))
+        return jax.eval_shape(self._init)
 
     def chunk(self, state: Any) -> tuple[Any, Any]:
         return self._chunk(state)
 
-    def tests(self, state: Any, key: jax.Array) -> dict[str, Any]:
-        return self._tests(state, key)
+    def tests(self, state: Any, t_env: int) -> dict[str, Any]:
+        """Greedy test episodes of every seed, clean and under FGSM; keyed by the env step."""
+        return self._tests(state, np.uint32(t_env))
 
 
 def _summarise(metrics: Any) -> dict[str, list[float]]:
@@ -152,10 +183,34 @@ def train(
     """Train every seed of ``cfg`` to ``t_max`` env steps, writing into ``run_dir``.
 
     ``resume=True`` continues from the latest checkpoint in ``run_dir`` (its config must match).
-    ``max_chunks`` stops early (used by tests to interrupt a run).
+    ``max_chunks`` stops early (used by tests to interrupt a run). In a multi-process run, a
+    collective that fails because a peer died becomes one ``DistributedError`` line.
     """
+    if jax.process_count() == 1:
+        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk)
+    try:
+        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk)
+    except jax.errors.JaxRuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()} lost contact with the other processes "
+            f"(did one die?); stopped, the last checkpoint in {str(run_dir)!r} is kept: {first[:200]}"
+        ) from None
+
+
+def _train(
+    cfg: Config,
+    run_dir: str | Path | None,
+    resume: bool,
+    out: TextIO | None | str,
+    max_chunks: int | None,
+    on_chunk: Callable[[dict], None] | None,
+) -> RunResult:
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     out = sys.stdout if out == "stdout" else out  # resolved per call (tests replace sys.stdout)
+    primary = jax.process_index() == 0  # in a multi-process run only process 0 writes files and logs
+    if not primary:
+        out = None
     t = cfg.train
     start = time.time()
     runner = SeedRunner(cfg)
@@ -172,14 +227,16 @@ def train(
     else:
         if run_dir.exists() and checkpoint.all_steps(run_dir):
             raise ConfigError(f"run directory {str(run_dir)!r} already holds checkpoints; pass --resume or choose another")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, cfg)
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, cfg)
         state = runner.init_state()
     mgr = checkpoint.manager(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
-    test_key = jax.random.PRNGKey(cfg.train.seed + 1_000_003)
+    if not primary:
+        metrics_path = None
 
-    t_env = np.asarray(state.t_env)
+    t_env = to_host(state.t_env)
     next_test = (int(t_env.min()) // t.test_interval + 1) * t.test_interval if resume else 0
     next_ckpt = (int(t_env.min()) // t.checkpoint_interval + 1) * t.checkpoint_interval
     last_test: dict[str, Any] = {}
@@ -189,7 +246,7 @@ def train(
     compile_t0 = time.time()
     while int(np.min(t_env)) < t.t_max:
         if int(np.min(t_env)) >= next_test:
-            tests = runner.tests(state, jax.random.fold_in(test_key, int(np.min(t_env))))
+            tests = runner.tests(state, int(np.min(t_env)))
             last_test = _test_summary(tests)
             _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
             next_test = (int(np.min(t_env)) // t.test_interval + 1) * t.test_interval
@@ -206,7 +263,8 @@ def train(
         loss = np.asarray(summary["loss"])
         record = {"kind": "train", "chunk_seconds": dt, **summary}
         _write(metrics_path, record)
-        _write_csv(run_dir / "metrics.csv", record)
+        if primary:
+            _write_csv(run_dir / "metrics.csv", record)
         if on_chunk:
             on_chunk(record)
         rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
@@ -226,7 +284,7 @@ def train(
         if max_chunks is not None and chunks >= max_chunks:
             checkpoint.save(mgr, int(np.min(t_env)), state)
             return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
-    tests = runner.tests(state, jax.random.fold_in(test_key, int(np.min(t_env))))
+    tests = runner.tests(state, int(np.min(t_env)))
     last_test = _test_summary(tests)
     _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
     checkpoint.save(mgr, int(np.min(t_env)), state)
@@ -235,7 +293,8 @@ def train(
     if "test_fgsm_won_mean" in last_test:
         line += (f", under FGSM (eps {cfg.cromac.eps}) {np.mean(last_test['test_fgsm_won_mean']):.3f}"
                  f" ± {np.std(last_test['test_fgsm_won_mean']):.3f}")
-    (run_dir / "summary.txt").write_text(line + "\n")
+    if primary:
+        (run_dir / "summary.txt").write_text(line + "\n")
     _log(out, f"done in {_fmt_eta(time.time() - start)}: {line}; run dir {run_dir}")
     return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
 
@@ -273,7 +332,9 @@ def _write_csv(path: Path, record: dict) -> None:
             f.write(f"{seed}," + ",".join(repr(float(record[k][seed])) for k in CSV_FIELDS) + "\n")
 
 
-def _write(path: Path, record: dict) -> None:
+def _write(path: Path | None, record: dict) -> None:
+    if path is None:
+        return
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -34,7 +34,7 @@ def run_one(preset, method, mixer="qmix"):
     state, metrics = sr.chunk(sr.init_state())
     assert np.all(np.asarray(metrics.updates)[:, -1] >= 1)
     assert np.all(np.isfinite(np.asarray(metrics.loss)))
-    tests = sr.tests(state, state.key[0])
+    tests = sr.tests(state, 0)
     assert np.all(np.isfinite(np.asarray(tests["test"].return_mean)))
 
 

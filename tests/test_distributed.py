@@ -1,0 +1,169 @@
+"""Several processes joined by ``jax.distributed`` train one run's seeds as one process would.
+
+The processes are real: two ``cromac train --distributed`` CLIs on localhost, one CPU device
+each, a coordinator on a port picked free at test time, gloo for the CPU collectives.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from cromac_jax import checkpoint, distributed, runner
+from cromac_jax.config import ConfigError
+from tests.test_train import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    # one CPU device per process, whatever the parent was given
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    return env
+
+
+def _launch(cfg_path: Path, run_dir: Path, n: int = 2, extra: tuple = ()) -> list[subprocess.Popen]:
+    port = distributed.free_port()
+    base = [sys.executable, "-m", "cromac_jax.cli", "train", "--config", str(cfg_path), "--run-dir", str(run_dir),
+            "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
+            "--init-timeout", "60", "--heartbeat-timeout", "10", *extra]
+    return [subprocess.Popen(base + ["--process-id", str(i)], cwd=ROOT, env=_env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(n)]
+
+
+def _write_cfg(tmp_path: Path, cfg) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path
+
+
+def _records(run_dir: Path, kind: str) -> list[dict]:
+    import json
+
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_train_the_same_seeds_as_one_process(tmp_path):
+    cfg = tiny(num_seeds=4)
+    procs = _launch(_write_cfg(tmp_path, cfg), tmp_path / "two")
+    outs = [p.communicate(timeout=540)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert "done in" in outs[0] and "done in" not in outs[1]  # only process 0 reports
+
+    one = runner.train(cfg, run_dir=tmp_path / "one", out=None)
+    two_train, one_train = _records(tmp_path / "two", "train"), _records(tmp_path / "one", "train")
+    assert len(two_train) == len(one_train) == one.chunks  # metrics written once, not per process
+    assert len(_records(tmp_path / "two", "test")) == len(_records(tmp_path / "one", "test"))
+    csv_rows = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 4 * one.chunks
+    for a, b in zip(two_train, one_train):
+        assert a["t_env"] == b["t_env"] and a["updates"] == b["updates"]
+        for key in ("loss", "td", "return_mean", "q_taken"):
+            # Each process compiles the vmapped program for its 2 seeds instead of 4: XLA may
+            # reassociate float sums differently, so equal up to rounding, not bit for bit.
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4, err_msg=key)
+    assert (tmp_path / "two" / "summary.txt").is_file()
+
+    # the 2-process checkpoint restores in 1 process (another process count) to the same state
+    steps = checkpoint.all_steps(tmp_path / "two")
+    assert steps == checkpoint.all_steps(tmp_path / "one")
+    abstract = runner.SeedRunner(cfg).abstract_state()
+    _, s2 = checkpoint.restore(tmp_path / "two", abstract)
+    _, s1 = checkpoint.restore(tmp_path / "one", abstract)
+    for x, y in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(s2.t_env), np.asarray(s1.t_env))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("victim", [1])
+def test_a_killed_process_stops_the_other_with_a_clear_message(tmp_path, victim):
+    cfg = tiny(num_seeds=2, t_max=10**6)
+    run_dir = tmp_path / "run"
+    procs = _launch(_write_cfg(tmp_path, cfg), run_dir)
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in procs[0].stdout:  # wait until both processes joined and training started
+        seen.append(line)
+        if line.startswith("training ") or time.monotonic() > deadline:
+            break
+    assert any(line.startswith("training ") for line in seen), "".join(seen)[-2000:]
+    procs[victim].kill()
+    t0 = time.monotonic()
+    survivor = procs[1 - victim]
+    out = survivor.communicate(timeout=180)[0]
+    elapsed = time.monotonic() - t0
+    assert survivor.returncode != 0
+    assert elapsed < 150, elapsed
+    # our own line when a collective fails, or JAX's when the heartbeat notices first
+    assert "lost contact with the other processes" in out or "another task died" in out, out[-3000:]
+    assert not (run_dir / "summary.txt").exists()  # an interrupted run is never presented as complete
+
+
+def test_unreachable_coordinator_fails_fast_with_one_line(tmp_path):
+    port = distributed.free_port()  # nobody listens there
+    cmd = [sys.executable, "-m", "cromac_jax.cli", "train", "--run-dir", str(tmp_path / "run"), "--distributed",
+           "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert time.monotonic() - t0 < 60
+    assert f"coordinator 127.0.0.1:{port} could not be reached" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (distributed.DistributedSettings("127.0.0.1:5000", 2, 2), "process id 2 is out of range"),
+        (distributed.DistributedSettings("127.0.0.1:5000", 2, -1), "process id -1 is out of range"),
+        (distributed.DistributedSettings("127.0.0.1:5000", 0, 0), "number of processes 0 is invalid"),
+        (distributed.DistributedSettings(None, 2, 0), "missing: coordinator address"),
+        (distributed.DistributedSettings("nohostport", 2, 0), "must look like HOST:PORT"),
+    ],
+)
+def test_bad_distributed_settings_are_refused_before_joining(settings, message, monkeypatch):
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match=message):
+        distributed.resolve_settings(settings)
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    s = distributed.resolve_settings(distributed.DistributedSettings())
+    assert (s.coordinator, s.num_processes, s.process_id) == ("10.0.0.1:1234", 4, 3)
+    monkeypatch.setenv("JAX_PROCESS_ID", "x")
+    with pytest.raises(ConfigError, match="JAX_PROCESS_ID='x' must be an integer"):
+        distributed.resolve_settings(distributed.DistributedSettings())
+
+
+def test_seed_count_that_does_not_divide_over_processes_is_refused(monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    devices = jax.devices() * 2
+    with pytest.raises(ConfigError, match="train.num_seeds=3 does not divide over the 2 devices"):
+        runner.seed_sharding(3, devices)
+
+
+def test_sweep_share_comes_from_the_launcher(monkeypatch):
+    for var in ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS",
+                "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.share_from_environment() == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    assert distributed.share_from_environment() == (2, 3)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    with pytest.raises(ConfigError, match="SLURM_PROCID=3 is out of range"):
+        distributed.share_from_environment()

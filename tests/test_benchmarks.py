@@ -234,3 +234,29 @@ def test_train_throughput_smoke(tmp_path, capsys):
     import re
 
     assert re.search(r"\|\s*hallway_4x5x6\s*\|\s*qmix\s*\|\s*1\s*\|", capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------------------------- eval throughput
+def test_eval_throughput_smoke(tmp_path, capsys):
+    mod = _load("eval_throughput")
+    out = tmp_path / "e.json"
+    data = mod.main(["--seeds", "1", "--attacks", "natural", "--episodes", "2", "--repeats", "1",
+                     "--grid-episodes", "1000", "--grid-fraction", "0.002", "--no-certified", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text())["benchmark"] == "eval_throughput"
+    _check_hardware(data["hardware"])
+    (row,) = data["results"]
+    assert (row["attack"], row["seeds"], row["episodes_per_seed"], row["agents"]) == ("natural", 1, 2, 3)
+    assert row["slot_decisions"] == 2 * (row["episode_limit"] + 1) * 3 >= row["decisions"] > 0
+    for key in ("decisions_per_s", "slot_decisions_per_s", "first_call_s", "run_s"):
+        assert _positive(row[key]), (key, row[key])
+    grid = data["table1_grid"]
+    assert grid["settings"] == ["Natural", "Random", "PGD", "FGSM (1)", "FGSM (2)", "FGSM", "FGSM (3)", "FGSM (4)"]
+    assert grid["extrapolated"] and grid["measured_episodes"] == 2 and grid["grid_episodes"] == 1000
+    assert grid["certified_warm_s"] is None and _positive(grid["total_warm_s"]) and _positive(grid["total_cold_s"])
+    assert grid["total_warm_s"] == pytest.approx(grid["measured_warm"]["total_s"] * 500)
+    assert [s["budget"] for s in grid["measured_warm"]["settings"]] == [0.0, 1.0, 1.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    assert _table_rows(printed, "hallway_4x5x6")[0][1:3] == ["cromac", "natural"]
+    assert "extrapolated from 2 episodes/seed" in printed
+    with pytest.raises(SystemExit):
+        mod.main(["--attacks", "fgs"])

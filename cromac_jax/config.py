@@ -93,6 +93,7 @@ class TrainConfig:
     test_nepisode: int = 20
     chunk_iterations: int = 0  # 0 = choose from test_interval
     checkpoint_interval: int = 100_000  # env steps
+    tensorboard: bool = True  # also write TensorBoard events when tensorboardX is installed
     run_dir: str = "runs"
 
 

@@ -22,7 +22,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import yaml
 
-from cromac_jax import attacks, checkpoint
+from cromac_jax import attacks, checkpoint, tensorboard
 from cromac_jax.config import Config, ConfigError, from_dict
 from cromac_jax.distributed import DistributedError
 from cromac_jax.train import Trainer, make_train, seed_keys
@@ -232,9 +232,7 @@ def _train(
             write_config(run_dir, cfg)
         state = runner.init_state()
     mgr = checkpoint.manager(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    if not primary:
-        metrics_path = None
+    sink = _MetricsSink(run_dir, primary, cfg.train.tensorboard)
 
     t_env = to_host(state.t_env)
     next_test = (int(t_env.min()) // t.test_interval + 1) * t.test_interval if resume else 0
@@ -248,7 +246,7 @@ def _train(
         if int(np.min(t_env)) >= next_test:
             tests = runner.tests(state, int(np.min(t_env)))
             last_test = _test_summary(tests)
-            _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
+            sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
             next_test = (int(np.min(t_env)) // t.test_interval + 1) * t.test_interval
         c0 = time.time()
         prev = t_env
@@ -262,7 +260,7 @@ def _train(
         _check_finite(metrics, run_dir)
         loss = np.asarray(summary["loss"])
         record = {"kind": "train", "chunk_seconds": dt, **summary}
-        _write(metrics_path, record)
+        sink.write(record)
         if primary:
             _write_csv(run_dir / "metrics.csv", record)
         if on_chunk:
@@ -286,7 +284,7 @@ def _train(
             return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
     tests = runner.tests(state, int(np.min(t_env)))
     last_test = _test_summary(tests)
-    _write(metrics_path, {"kind": "test", "t_env": t_env.tolist(), **last_test})
+    sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
     checkpoint.save(mgr, int(np.min(t_env)), state)
     line = (f"{cfg.train.method} on {cfg.env.name}, {t.num_seeds} seed(s), {int(np.min(t_env)):,} env steps: "
             f"test won {np.mean(last_test['test_won_mean']):.3f} ± {np.std(last_test['test_won_mean']):.3f}")
@@ -332,11 +330,27 @@ def _write_csv(path: Path, record: dict) -> None:
             f.write(f"{seed}," + ",".join(repr(float(record[k][seed])) for k in CSV_FIELDS) + "\n")
 
 
-def _write(path: Path | None, record: dict) -> None:
-    if path is None:
-        return
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line of ``metrics.jsonl`` (train records per chunk, test records per test)."""
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class _MetricsSink:
+    """Where each chunk's record goes: ``metrics.jsonl`` (the record of the run) and, if
+    tensorboardX is installed, TensorBoard events. Only process 0 of a multi-process run writes."""
+
+    def __init__(self, run_dir: Path, primary: bool, tensorboard_on: bool):
+        self.path = run_dir / "metrics.jsonl" if primary else None
+        self.tb = tensorboard.open_writer(run_dir, tensorboard_on) if primary else None
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        append_record(self.path, record)
+        if self.tb is not None:
+            self.tb.record(record)
+            self.tb.flush()
 
 
 def _log(out: TextIO | None, line: str) -> None:

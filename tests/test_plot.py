@@ -2,7 +2,7 @@
 
 The run directories are synthetic but written by the project's own writers, so their format
 cannot drift from what ``cromac train`` / ``cromac eval`` write: ``runner.write_config``,
-``runner._test_summary`` of ``TestMetrics`` and ``runner._write`` for ``metrics.jsonl``, and
+``runner._test_summary`` of ``TestMetrics`` and ``runner.append_record`` for ``metrics.jsonl``, and
 ``evaluate.eval_grid`` (with its episode player and certificate replaced by stand-ins, so that
 nothing is compiled) for ``eval_<step>.json``. The record layout of a test row,
 ``{"kind": "test", "t_env": [...], **tests}``, is the one ``runner.train`` writes.
@@ -55,8 +55,8 @@ def make_run(path, method="cromac", seeds=3, env=ENV, steps=(0, 1000, 2000, 3000
             parts = {"test": _metrics(values[k])}
             if reads:
                 parts["test_fgsm"] = _metrics(values[k] / 2)
-            runner._write(path / "metrics.jsonl", {"kind": "test", "t_env": t_env, **runner._test_summary(parts)})
-        runner._write(path / "metrics.jsonl", {"kind": "train", "t_env": t_env, "won_mean": [0.5] * seeds})
+            runner.append_record(path / "metrics.jsonl", {"kind": "test", "t_env": t_env, **runner._test_summary(parts)})
+        runner.append_record(path / "metrics.jsonl", {"kind": "train", "t_env": t_env, "won_mean": [0.5] * seeds})
     return values
 
 
@@ -145,7 +145,7 @@ def test_resumed_run_rows_are_not_drawn_twice(tmp_path):
     make_run(tmp_path / "r", "cromac", seeds=2)
     # a resumed run re-runs from its last checkpoint and writes the later test rows again
     for step, v in ((2000, 0.9), (3000, 0.95)):
-        runner._write(tmp_path / "r" / "metrics.jsonl",
+        runner.append_record(tmp_path / "r" / "metrics.jsonl",
                       {"kind": "test", "t_env": [step, step], **runner._test_summary({"test": _metrics([v, v])})})
     c = P.load_curves(tmp_path / "r")
     assert c.steps.tolist() == [3.5, 1003.5, 2000, 3000]

@@ -78,12 +78,36 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     assert {ln["kind"] for ln in lines} == {"train", "test"}
     test = [ln for ln in lines if ln["kind"] == "test"][-1]
     assert "test_won_mean" in test and "test_fgsm_won_mean" in test
+    _check_tensorboard_events(tmp_path / "full", lines)
     # the run dir's config is data, and resuming with another config is refused
     assert yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())["train"]["method"] == "cromac"
     with pytest.raises(C.ConfigError, match="config differs.*train.t_max"):
         runner.train(tiny(t_max=900), run_dir=tmp_path / "full", resume=True, out=None)
     with pytest.raises(C.ConfigError, match="already holds checkpoints"):
         runner.train(cfg, run_dir=tmp_path / "full", out=None)
+
+
+def _check_tensorboard_events(run_dir, lines):
+    """The TensorBoard events hold the same numbers as metrics.jsonl (mean over seeds, per seed)."""
+    pytest.importorskip("tensorboardX", reason="TensorBoard output is optional (pip install tensorboardX)")
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list] = {}
+    for path in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        i = 0
+        while i < len(data):  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 16 + n
+            for v in event.summary.value:
+                scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    assert {"train/loss", "train/won_mean", "test/won_mean", "test_fgsm/won_mean", "seed0/train/loss"} <= set(scalars)
+    train = [ln for ln in lines if ln["kind"] == "train"]
+    assert [s for s, _ in scalars["train/loss"]] == [min(ln["t_env"]) for ln in train]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [np.mean(ln["loss"]) for ln in train], rtol=1e-6)
 
 
 def test_mismatched_checkpoint_is_refused_clearly(tmp_path):

@@ -100,8 +100,12 @@ def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None = sys.stdo
         if test is None:
             rows.append({"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": "missing"})
             continue
-        row = {"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": "ok",
-               "t_env": int(np.min(test["t_env"])), "seeds": len(test["t_env"])}
+        t_env = int(np.min(test["t_env"]))
+        t_max = runner.read_config(out_dir / r.name).train.t_max
+        # a run still training (here or in another process's share) is shown, never as finished
+        status = "ok" if t_env >= t_max else "partial"
+        row = {"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": status,
+               "t_env": t_env, "t_max": t_max, "seeds": len(test["t_env"])}
         for key in ("test_won_mean", "test_return_mean", "test_fgsm_won_mean"):
             if key in test:
                 v = np.asarray(test[key], dtype=float)
@@ -112,12 +116,12 @@ def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None = sys.stdo
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
     lines = ["| run | seeds | env steps | won (clean) | won (FGSM) | return |", "|---|---|---|---|---|---|"]
     for row in rows:
-        if row["status"] != "ok":
+        if row["status"] == "missing":
             lines.append(f"| {row['run']} | - | - | missing | - | - |")
             continue
         fg = f"{row['test_fgsm_won_mean']:.3f} ± {row['test_fgsm_won_mean_std']:.3f}" if "test_fgsm_won_mean" in row else "n/a"
         lines.append(
-            f"| {row['run']} | {row['seeds']} | {row['t_env']:,} | {row['test_won_mean']:.3f} ± {row['test_won_mean_std']:.3f} "
+            f"| {row['run']} | {row['seeds']} | {row['t_env']:,}{'' if row['status'] == 'ok' else ' (partial)'} | {row['test_won_mean']:.3f} ± {row['test_won_mean_std']:.3f} "
             f"| {fg} | {row['test_return_mean']:.3f} ± {row['test_return_mean_std']:.3f} |"
         )
     table = "\n".join(lines) + "\n"

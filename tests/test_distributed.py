@@ -167,3 +167,18 @@ def test_sweep_share_comes_from_the_launcher(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "3")
     with pytest.raises(ConfigError, match="SLURM_PROCID=3 is out of range"):
         distributed.share_from_environment()
+
+
+def test_sweep_summary_marks_runs_still_training_elsewhere(tmp_path):
+    from cromac_jax import sweep
+
+    runs = sweep.plan(["hallway_4x5x6"], ["qmix", "cromac"], ["qmix"])
+    for r, t_env in zip(runs, (600, 300)):  # qmix finished, cromac still in another process's hands
+        cfg = tiny(method=r.method)
+        (tmp_path / r.name).mkdir()
+        runner.write_config(tmp_path / r.name, cfg)
+        runner.append_record(tmp_path / r.name / "metrics.jsonl",
+                             {"kind": "test", "t_env": [t_env], "test_won_mean": [1.0], "test_return_mean": [1.0]})
+    rows = sweep.summarise(tmp_path, runs, out=None)
+    assert [r["status"] for r in rows] == ["ok", "partial"]
+    assert "300 (partial)" in (tmp_path / "summary.md").read_text()

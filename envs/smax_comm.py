@@ -8,12 +8,24 @@ collides with, suicide banelings. :class:`SmaxComm` wraps it in the project's ar
 
 Presets: ``smax_1o2r_vs_4r`` (1 overlord + 2 roaches vs 4 reapers, agent 0 = overlord) and
 ``smax_1o10b_vs_1r`` (10 banelings + 1 overlord vs 1 roach, agent 10 = overlord); the agent
-order is SMAC's (ENV_SPEC 4.3).
+order is SMAC's (ENV_SPEC 4.3). The class names contain "smax" on purpose: JaxMARL's rollout
+helpers (``CTRolloutManager``) use the avail masks, ``world_state`` and the team reward only
+when ``"smax" in type(env).__name__.lower()`` (tested).
+
+Overrides (``envs.make(preset, **overrides)``): ``scout_sight``, ``fighter_sight``,
+``enemy_sight``, ``episode_limit``, ``n_fighters``, ``n_enemies``, ``corners`` ((x, y) spawn
+points of the scout and the enemies) and ``fighter_regions`` ((x0, x1, y0, y1) rectangles).
+:func:`check_config` refuses, with one ``EnvConfigError`` naming the value, an unknown map name;
+a sight that is not a positive finite number, a scout sight below ``MIN_SCOUT_SIGHT`` (it would
+not see the enemies it spawns with) or below the fighters' (nothing to communicate); zero
+fighters or enemies; banelings whose total damage cannot kill the enemy (1o10b needs 10 x 15 >=
+145); a corner or spawn region outside the 32 x 32 map.
 
 The communication problem, kept
 -------------------------------
 - reset: corner k ~ U{4} of P1 (3.5, 2), P2 (3.5, 28.86), P3 (28.5, 28), P4 (28.5, 2); the
-  overlord **and every enemy** spawn at that corner (+-0.25 jitter, then SMAX's push-apart).
+  overlord **and every enemy** spawn at that corner (+-0.25 jitter, then SMAX's push-apart;
+  all of a reset's randomness comes from one uniform draw, since auto-reset runs every step).
   Fighters spawn away from it, in the map's regions (ENV_SPEC 4.2): 1o_2r_vs_4r both roaches at
   one point (+-0.25) of one of 4 edge regions; 1o_10b_vs_1r each baneling independently in one
   of 5 regions (4 edges + centre).
@@ -30,7 +42,8 @@ The communication problem, kept
 - banelings: :meth:`CommSMAX._world_step` kills a baneling in the world step it attacks (its
   weapon cooldown rose); splash is not modelled (the only enemy is the target itself).
 - the overlord flies: :meth:`CommSMAX._push_units_away` leaves it out of collisions (and keeps
-  pushed units on the map, so every observation lies in [-1, 1]).
+  pushed units on the map, so every observation lies in [-1, 1]). It is SMAX's push-apart
+  formula computed on x and y separately, which is what makes these maps fast (see Throughput).
 
 Units (SMAX convention: centre-to-centre ranges; times in game seconds at "normal" speed, so one
 env step = 8 world steps x 1/16 s = 0.5 game-s = SMAC's ``step_mul 8``, and per-step
@@ -95,20 +108,28 @@ SMAC's ``battle_won``: all enemies dead while an ally is alive, which the overlo
 (Requiring a living *fighter* would make 1o_10b_vs_1r unwinnable: 9 x 15 < 145, so all ten
 banelings must hit, and the last one dies with the roach.)
 
-Measured (tests/test_smax_comm.py, 1024 episodes each): a scripted policy that knows where the
-enemy is (fighters walk to it and attack the closest enemy in range; the overlord stops) wins
-1o2r 0.86 (every loss a timeout: fighters spawned at the far side arrive too late) and 1o10b
-0.61 (every loss a defeat: the roach kills a baneling, then 9 hits cannot kill it); uniformly
-random available actions win 0.03-0.05 (1o2r, fighters spawned next to the enemy) and 0.00
-(1o10b). A fighter cannot see the enemy at spawn in 0.88 (1o2r) / 0.92 (1o10b) of cases.
-Throughput (benchmarks/env_throughput.py: jit(vmap) over 1024 envs, random available actions,
-compile excluded; 2 CPU cores shared with other jobs, load average 4-6, so +-30%): array API
-(the trainer's path) 40-58k env steps/s (1o2r) and 38-40k (1o10b); dict API with auto-reset
-40-52k and 23-31k. Compile: 6-12 s per function.
+Measured (tests/test_smax_comm.py, 1024 episodes each, two seeds): a scripted policy that knows
+where the enemy is (fighters walk to it and attack the closest enemy in range; the overlord
+stops) wins 1o2r 0.87-0.89 (every loss a timeout: fighters spawned at the far side arrive too
+late) and 1o10b 0.60 (every loss a defeat: the roach kills a baneling, then 9 hits cannot kill
+it); uniformly random available actions win 0.03-0.05 (1o2r, fighters spawned next to the
+enemy) and 0.00 (1o10b). A fighter cannot see the enemy at spawn in 0.88-0.89 (1o2r) / 0.92
+(1o10b) of cases.
+Throughput (benchmarks/env_throughput.py, jax 0.10.2 on the 2-core CPU shared with other jobs,
+load average 4.6-7.2: jit(lax.scan(vmap(step))) over 1024 envs, random available actions, timed
+round-robin with JaxMARL's own SMAX ``3m`` in the same run, compile excluded): 3m 29-61k env
+steps/s; dict API with auto-reset 1o2r 62-99k (1.6-2.1x 3m) and 1o10b 34-44k (0.73-1.17x);
+array API 66-99k and 33-59k. Per CPU-second of the process, which the other jobs disturb less:
+1o2r 2.1x 3m, 1o10b 0.99-1.05x (0.87x at 8192 envs). The cost is SMAX's O(N^2) push-apart in
+each of the 8 world steps: on an [N, N, 2] array, as SMAX computes it, it took ~70% of a 1o10b
+step (12 units; 3m has 6) and 1o10b ran at 0.49-0.59x 3m (JaxMARL's own 11-unit ``5m_vs_6m``
+runs at ~0.5x 3m); on x and y separately (:meth:`CommSMAX._push_units_away`) it is 1.7x faster.
+Compile: 5-18 s per function.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import chex
@@ -121,7 +142,7 @@ from envs._quiet import quiet_import
 from envs.base import CromacEnv, require
 
 with quiet_import():
-    from jaxmarl.environments.smax import SMAX, Scenario, map_name_to_scenario, register_scenario
+    from jaxmarl.environments.smax import SMAX, Scenario, register_scenario
     from jaxmarl.environments.smax.smax_env import State as SMAXState
 
 # ------------------------------------------------------------------ unit catalogue
@@ -154,20 +175,139 @@ REGIONS_1O10B = (
 )
 SPAWN_JITTER = 0.25
 
-#: map name -> (fighter spawn regions, fighters share one spawn point, weapon period per type)
-_MAPS = {
-    "1o_2r_vs_4r": (REGIONS_1O2R, True, UNIT_WEAPON_COOLDOWNS),
-    "1o_10b_vs_1r": (REGIONS_1O10B, False, UNIT_WEAPON_COOLDOWNS[:ROACH] + (ENEMY_ROACH_COOLDOWN,) + UNIT_WEAPON_COOLDOWNS[ROACH + 1 :]),
-}
 
-register_scenario(
-    "1o_2r_vs_4r",
-    Scenario(jnp.array([OVERLORD, ROACH, ROACH] + [REAPER] * 4, jnp.uint8), 3, 4, False, False),
-)
-register_scenario(
-    "1o_10b_vs_1r",
-    Scenario(jnp.array([BANELING] * 10 + [OVERLORD, ROACH], jnp.uint8), 11, 1, False, False),
-)
+@dataclasses.dataclass(frozen=True)
+class MapSpec:
+    """What defines one map: unit types, default counts, fighter spawns and weapon periods."""
+
+    fighter: int  # unit type of the fighters (every agent but the scout)
+    enemy: int  # unit type of every enemy
+    scout_first: bool  # SMAC's agent order: the scout is agent 0 (True) or the last agent (False)
+    n_fighters: int
+    n_enemies: int
+    regions: tuple[tuple[float, float, float, float], ...]  # fighter spawn rectangles
+    shared_spawn: bool  # all fighters at one point (1o2r) or one point each (1o10b)
+    weapon_cooldowns: tuple[float, ...]  # per unit type
+
+    def unit_types(self, n_fighters: int, n_enemies: int) -> list[int]:
+        """SMAX scenario types: allies in SMAC's agent order, then the enemies."""
+        fighters = [self.fighter] * n_fighters
+        allies = [OVERLORD, *fighters] if self.scout_first else [*fighters, OVERLORD]
+        return allies + [self.enemy] * n_enemies
+
+
+#: map name -> its spec; 1o_10b_vs_1r's enemy roach fires every 2.0 game-s (see the docstring)
+MAPS = {
+    "1o_2r_vs_4r": MapSpec(ROACH, REAPER, True, 2, 4, REGIONS_1O2R, True, UNIT_WEAPON_COOLDOWNS),
+    "1o_10b_vs_1r": MapSpec(
+        BANELING,
+        ROACH,
+        False,
+        10,
+        1,
+        REGIONS_1O10B,
+        False,
+        (*UNIT_WEAPON_COOLDOWNS[:ROACH], ENEMY_ROACH_COOLDOWN, *UNIT_WEAPON_COOLDOWNS[ROACH + 1 :]),
+    ),
+}
+for _name, _spec in MAPS.items():
+    _types = jnp.array(_spec.unit_types(_spec.n_fighters, _spec.n_enemies), jnp.uint8)
+    register_scenario(_name, Scenario(_types, 1 + _spec.n_fighters, _spec.n_enemies, False, False))
+
+#: The scout must see the enemies it spawns with; they start at most ~1.7 from it (20k spawns of
+#: each default map: corner jitter plus SMAX's push-apart of the enemy cluster).
+MIN_SCOUT_SIGHT = 2.0
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _as_rows(name: str, value, width: int) -> tuple[tuple[float, ...], ...]:
+    """``value`` as a non-empty tuple of ``width``-tuples of finite numbers, else EnvConfigError."""
+    try:
+        rows = tuple(tuple(row) for row in value)
+    except TypeError:
+        rows = ()
+    require(
+        len(rows) > 0 and all(len(r) == width and all(_is_real(v) for v in r) for r in rows),
+        f"smax {name} must be a non-empty sequence of {width}-tuples of finite numbers, got {value!r}",
+    )
+    return tuple(tuple(float(v) for v in r) for r in rows)
+
+
+def check_config(
+    map_name,
+    scout_sight,
+    fighter_sight,
+    enemy_sight,
+    episode_limit,
+    n_fighters=None,
+    n_enemies=None,
+    corners=None,
+    fighter_regions=None,
+    limit_name: str = "episode_limit",
+) -> tuple[MapSpec, int, int, tuple, tuple]:
+    """Refuse a map that cannot be built or cannot be played, with one line naming the value.
+
+    Returns ``(spec, n_fighters, n_enemies, corners, fighter_regions)`` with the map's defaults
+    for ``None``. Refused: an unknown map name; a sight that is not a positive finite number; a
+    scout that sees less than a fighter (nothing to communicate) or too little to see the enemies
+    it spawns with (< ``MIN_SCOUT_SIGHT``); no fighter or no enemy; suicide fighters whose total
+    damage cannot kill the enemy team; a corner or fighter spawn region outside the 32 x 32 map.
+    """
+    require(
+        isinstance(map_name, str) and map_name in MAPS,
+        f"smax map_name must be one of {sorted(MAPS)}, got {map_name!r}",
+    )
+    spec = MAPS[map_name]
+    for name, v in (("scout_sight", scout_sight), ("fighter_sight", fighter_sight), ("enemy_sight", enemy_sight)):
+        require(_is_real(v) and v > 0, f"smax {name} must be a positive finite number, got {v!r}")
+    require(
+        scout_sight >= MIN_SCOUT_SIGHT,
+        f"smax scout_sight={scout_sight!r} is below {MIN_SCOUT_SIGHT}: the scout would not see the "
+        "enemies it spawns with, so no agent could tell the fighters where they are",
+    )
+    require(
+        fighter_sight <= scout_sight,
+        f"smax fighter_sight={fighter_sight!r} exceeds scout_sight={scout_sight!r}: the scout must see at "
+        "least as far as the fighters, or the map has nothing to communicate",
+    )
+    require(
+        _is_count(episode_limit) and episode_limit >= 1,
+        f"smax {limit_name} must be an integer >= 1, got {episode_limit!r}",
+    )
+    n_fighters = spec.n_fighters if n_fighters is None else n_fighters
+    n_enemies = spec.n_enemies if n_enemies is None else n_enemies
+    require(_is_count(n_fighters) and n_fighters >= 1, f"smax n_fighters must be an integer >= 1, got {n_fighters!r}")
+    require(_is_count(n_enemies) and n_enemies >= 1, f"smax n_enemies must be an integer >= 1, got {n_enemies!r}")
+    if UNIT_SUICIDE[spec.fighter]:
+        damage, enemy_hp = n_fighters * UNIT_ATTACKS[spec.fighter], n_enemies * UNIT_HEALTH[spec.enemy]
+        require(
+            damage >= enemy_hp,
+            f"smax n_fighters={n_fighters}: {n_fighters} {UNIT_NAMES[spec.fighter]}s deal at most {damage:g} "
+            f"damage, less than the {n_enemies} {UNIT_NAMES[spec.enemy]}(s)' {enemy_hp:g} HP, so the map is unwinnable",
+        )
+    corners = CORNERS if corners is None else _as_rows("corners", corners, 2)
+    for c in corners:
+        require(
+            all(0.0 <= v <= MAP_SIZE for v in c),
+            f"smax spawn corner {c!r} is outside the {MAP_SIZE:g} x {MAP_SIZE:g} map",
+        )
+    regions = spec.regions if fighter_regions is None else _as_rows("fighter_regions", fighter_regions, 4)
+    for r in regions:
+        x0, x1, y0, y1 = r
+        require(
+            0.0 <= x0 <= x1 <= MAP_SIZE and 0.0 <= y0 <= y1 <= MAP_SIZE,
+            f"smax fighter spawn region {r!r} (x0, x1, y0, y1) is outside the {MAP_SIZE:g} x {MAP_SIZE:g} "
+            "map or has x0 > x1 or y0 > y1",
+        )
+    return spec, int(n_fighters), int(n_enemies), tuple(corners), tuple(regions)
+
 
 #: (n_agents, obs_dim, state_dim, n_actions, episode_limit) of each preset, and SMAC's
 #: (n_agents, obs, state, actions, limit) for comparison.
@@ -185,11 +325,16 @@ _MOVE_VECTORS = jnp.array([[0.0, 1.0], [1.0, 0.0], [0.0, -1.0], [-1.0, 0.0]])
 _STOP = 4
 
 
+def _pick(u: chex.Array, n: int) -> chex.Array:
+    """Uniform [0, 1) numbers -> uniform indices in {0, ..., n - 1}."""
+    return jnp.minimum((u * n).astype(jnp.int32), n - 1)
+
+
 class CommSMAX(SMAX):
     """``SMAX`` with the maps' spawns, a non-colliding scout, suicide units and the enemy policy.
 
     A JaxMARL env in its own right (``reset`` uses the corner spawns; the caller drives both
-    teams). Everything else is SMAX's.
+    teams). Everything else is SMAX's. The arguments are checked by :func:`check_config`.
     """
 
     def __init__(
@@ -199,9 +344,17 @@ class CommSMAX(SMAX):
         fighter_sight: float = 6.0,
         enemy_sight: float = 4.0,
         max_steps: int = 50,
+        n_fighters: int | None = None,
+        n_enemies: int | None = None,
+        corners: tuple[tuple[float, float], ...] | None = None,
+        fighter_regions: tuple[tuple[float, float, float, float], ...] | None = None,
     ) -> None:
+        spec, n_fighters, n_enemies, corners, regions = check_config(
+            map_name, scout_sight, fighter_sight, enemy_sight, max_steps, n_fighters, n_enemies, corners, fighter_regions, "max_steps"
+        )
+        types = spec.unit_types(n_fighters, n_enemies)
         super().__init__(
-            scenario=map_name_to_scenario(map_name),
+            scenario=Scenario(jnp.array(types, jnp.uint8), 1 + n_fighters, n_enemies, False, False),
             map_width=int(MAP_SIZE),
             map_height=int(MAP_SIZE),
             world_steps_per_env_step=8,
@@ -211,10 +364,10 @@ class CommSMAX(SMAX):
             unit_type_velocities=jnp.array(UNIT_VELOCITIES),
             unit_type_attacks=jnp.array(UNIT_ATTACKS),
             unit_type_attack_ranges=jnp.array(UNIT_ATTACK_RANGES),
-            unit_type_sight_ranges=jnp.array([scout_sight, fighter_sight, enemy_sight, fighter_sight]),
+            unit_type_sight_ranges=jnp.array([scout_sight, fighter_sight, enemy_sight, fighter_sight], jnp.float32),
             unit_type_radiuses=jnp.array(UNIT_RADIUSES),
             unit_type_health=jnp.array(UNIT_HEALTH),
-            unit_type_weapon_cooldowns=jnp.array(_MAPS[map_name][2]),
+            unit_type_weapon_cooldowns=jnp.array(spec.weapon_cooldowns),
             see_enemy_actions=False,
             won_battle_bonus=1.0,
             walls_cause_death=False,
@@ -222,46 +375,54 @@ class CommSMAX(SMAX):
         )
         self.map_name = map_name
         self.enemy_sight = float(enemy_sight)
-        self.regions, self.shared_spawn, _ = _MAPS[map_name]
-        types = np.asarray(self.scenario)
-        self.ally_types = types[: self.num_allies]
+        self.corners, self.regions, self.shared_spawn = corners, regions, spec.shared_spawn
+        self.ally_types = np.asarray(types[: self.num_allies])
         #: static masks over allies
         self.is_scout = self.ally_types == OVERLORD
         self.is_fighter = ~self.is_scout
-        self._air = jnp.array(UNIT_AIR)
         self._suicide = jnp.array(UNIT_SUICIDE)
+        # push-apart constants (unit types never change)
+        all_types = np.asarray(types)
+        radius = np.asarray(UNIT_RADIUSES, np.float32)[all_types]
+        self._ground = ~np.asarray(UNIT_AIR)[all_types]
+        self._radius_sum = radius[:, None] + radius[None, :]
+        self._eye_eps = np.identity(self.num_agents, np.float32) + np.float32(1e-6)
+        # spawn tables: every unit copies one of n_points fighter points or the corner (last row)
+        self._n_points = 1 if self.shared_spawn else n_fighters
+        src = np.full(self.num_agents, self._n_points)
+        src[np.flatnonzero(self.is_fighter)] = 0 if self.shared_spawn else np.arange(n_fighters)
+        self._spawn_src = src
+        r = np.asarray(regions, np.float32)
+        self._region_lo, self._region_span = r[:, [0, 2]], r[:, [1, 3]] - r[:, [0, 2]]
+        self._corner_xy = np.asarray(corners, np.float32)
 
     # ------------------------------------------------------------------ spawn
-    def _region_points(self, key: chex.PRNGKey, n: int) -> chex.Array:
-        """``n`` points, each uniform in a uniformly chosen region. [n, 2]"""
-        regions = jnp.asarray(self.regions, jnp.float32)
-        k_region, k_point = jax.random.split(key)
-        r = regions[jax.random.randint(k_region, (n,), 0, len(self.regions))]
-        u = jax.random.uniform(k_point, (n, 2))
-        return jnp.stack([r[:, 0] + u[:, 0] * (r[:, 1] - r[:, 0]), r[:, 2] + u[:, 1] * (r[:, 3] - r[:, 2])], -1)
-
     def spawn(self, key: chex.PRNGKey) -> SMAXState:
-        """A fresh battle: scout and enemies at a random corner, fighters in the spawn regions."""
-        k_corner, k_jitter, k_fighters = jax.random.split(key, 3)
-        corner = jnp.asarray(CORNERS, jnp.float32)[jax.random.randint(k_corner, (), 0, 4)]
-        n_fighters = int(self.is_fighter.sum())
-        fighters = self._region_points(k_fighters, 1 if self.shared_spawn else n_fighters)
-        fighters = jnp.broadcast_to(fighters, (n_fighters, 2))
-        ally_pos = jnp.zeros((self.num_allies, 2)).at[np.flatnonzero(self.is_fighter)].set(fighters)
-        ally_pos = ally_pos.at[np.flatnonzero(self.is_scout)].set(corner)
-        pos = jnp.concatenate([ally_pos, jnp.broadcast_to(corner, (self.num_enemies, 2))])
-        jitter = jax.random.uniform(k_jitter, pos.shape, minval=-SPAWN_JITTER, maxval=SPAWN_JITTER)
+        """A fresh battle: scout and enemies at a random corner, fighters in the spawn regions.
+
+        All the randomness comes from one uniform draw (corner, regions, points, jitter): one
+        PRNG call instead of six keeps the auto-reset that JaxMARL's ``step`` runs on every step
+        cheap.
+        """
+        n_pts, n_units, n_corners, n_regions = self._n_points, self.num_agents, len(self.corners), len(self.regions)
+        u = jax.random.uniform(key, (1 + 3 * n_pts + 2 * n_units,))
+        corner = jnp.asarray(self._corner_xy)[_pick(u[0], n_corners)]
+        region = _pick(u[1 : 1 + n_pts], n_regions)
+        uv = u[1 + n_pts : 1 + 3 * n_pts].reshape(n_pts, 2)
+        points = jnp.asarray(self._region_lo)[region] + uv * jnp.asarray(self._region_span)[region]
+        pos = jnp.concatenate([points, corner[None]])[self._spawn_src]
+        jitter = (2.0 * u[1 + 3 * n_pts :].reshape(n_units, 2) - 1.0) * SPAWN_JITTER
         pos = jnp.clip(pos + jitter, 0.0, MAP_SIZE)
         types = self.scenario
         state = SMAXState(
             unit_positions=pos,
-            unit_alive=jnp.ones((self.num_agents,), bool),
+            unit_alive=jnp.ones((n_units,), bool),
             unit_teams=jnp.asarray(self.teams, jnp.float32),
             unit_health=self.unit_type_health[types],
             unit_types=types,
-            unit_weapon_cooldowns=jnp.zeros((self.num_agents,)),
-            prev_movement_actions=jnp.zeros((self.num_agents, 2)),
-            prev_attack_actions=jnp.zeros((self.num_agents,), jnp.int32),
+            unit_weapon_cooldowns=jnp.zeros((n_units,)),
+            prev_movement_actions=jnp.zeros((n_units, 2)),
+            prev_attack_actions=jnp.zeros((n_units,), jnp.int32),
             step=jnp.zeros((), jnp.int32),
             done=jnp.zeros((), bool),
         )
@@ -276,11 +437,24 @@ class CommSMAX(SMAX):
 
     # ------------------------------------------------------------------ rules SMAX lacks
     def _push_units_away(self, state: SMAXState, firmness: float = 1.0) -> SMAXState:
-        """SMAX's push-apart among ground units only: flyers neither push nor get pushed; a unit
-        pushed across the map's edge is put back on it (SMAX clips moves, not pushes)."""
-        ground = state.unit_alive & ~self._air[state.unit_types]
-        pushed = super()._push_units_away(state.replace(unit_alive=ground), firmness)
-        return state.replace(unit_positions=jnp.clip(pushed.unit_positions, 0.0, MAP_SIZE))
+        """SMAX's push-apart (its formula, pairs of living units pushed apart by their overlap),
+        among ground units only: flyers neither push nor get pushed; a unit pushed across the
+        map's edge is put back on it (SMAX clips moves, not pushes).
+
+        Computed on x and y separately ([N, N] arrays) instead of SMAX's [N, N, 2]: the push runs
+        in every world step and XLA's CPU code handles a trailing axis of 2 badly; this alone
+        makes 1o_10b_vs_1r (12 units) ~1.7x faster. Unit types never change, so the radius
+        sums and the ground mask are constants. Same result as ``SMAX._push_units_away`` on the
+        ground units, up to float rounding (tested)."""
+        ground = state.unit_alive & self._ground
+        pair = ground[:, None] & ground[None, :]
+        x, y = state.unit_positions[:, 0], state.unit_positions[:, 1]
+        dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
+        dist = jnp.sqrt(dx * dx + dy * dy) + self._eye_eps
+        overlap = jnp.where(pair, jax.nn.relu(self._radius_sum / dist - 1.0), 0.0)
+        pushed = jnp.stack([x + firmness * jnp.sum(dx * overlap, 1) / 2, y + firmness * jnp.sum(dy * overlap, 1) / 2], -1)
+        pos = jnp.where(ground[:, None], pushed, state.unit_positions)
+        return state.replace(unit_positions=jnp.clip(pos, 0.0, MAP_SIZE))
 
     def _world_step(self, key, state: SMAXState, actions) -> SMAXState:
         """SMAX's world step, then every suicide unit that fired in it dies."""
@@ -331,18 +505,19 @@ class SmaxComm(CromacEnv):
         fighter_sight: float = 6.0,
         enemy_sight: float = 4.0,
         episode_limit: int = 50,
+        n_fighters: int | None = None,
+        n_enemies: int | None = None,
+        corners: tuple[tuple[float, float], ...] | None = None,
+        fighter_regions: tuple[tuple[float, float, float, float], ...] | None = None,
     ) -> None:
-        require(map_name in _MAPS, f"smax map_name must be one of {sorted(_MAPS)}, got {map_name!r}")
-        for name, v in (("scout_sight", scout_sight), ("fighter_sight", fighter_sight), ("enemy_sight", enemy_sight)):
-            require(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
-                f"smax {name} must be a positive finite number, got {v!r}",
-            )
-        require(
-            isinstance(episode_limit, int) and not isinstance(episode_limit, bool) and episode_limit >= 1,
-            f"smax episode_limit must be an integer >= 1, got {episode_limit!r}",
-        )
-        self.smax = CommSMAX(map_name, float(scout_sight), float(fighter_sight), float(enemy_sight), episode_limit)
+        """Overrides: the three sights; ``n_fighters`` / ``n_enemies`` (default: the map's 2 roaches
+        and 4 reapers, or 10 banelings and 1 roach); ``corners`` ((x, y) points, the scout and the
+        enemies spawn at one of them) and ``fighter_regions`` ((x0, x1, y0, y1) rectangles),
+        default the map's (ENV_SPEC 4.2). A value that makes the map impossible raises
+        ``EnvConfigError`` naming it (:func:`check_config`)."""
+        args = (scout_sight, fighter_sight, enemy_sight, episode_limit, n_fighters, n_enemies, corners, fighter_regions)
+        check_config(map_name, *args)
+        self.smax = CommSMAX(map_name, *args)
         s = self.smax
         self.map_name = map_name
         self.scout_index = int(np.flatnonzero(s.is_scout)[0])

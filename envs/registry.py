@@ -3,6 +3,10 @@
 A preset is a constructor plus the keyword arguments that define it. Overrides replace those
 arguments; unknown keys and bad values are refused with one line that names them, so a typo in
 a config never silently trains on a different task.
+
+Besides the presets, ``make("jaxmarl:NAME", **kwargs)`` wraps any discrete-action environment
+that ``jaxmarl.make(NAME, **kwargs)`` builds (``envs/jaxmarl_env.py``); those names are not listed
+by ``preset_names()`` (JaxMARL's own list is ``jaxmarl.registration.registered_envs``).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from envs.base import CromacEnv, EnvConfigError
 
@@ -34,6 +39,13 @@ class Preset:
 
 _PRESETS: dict[str, Preset] = {}
 
+#: ``make("jaxmarl:NAME")`` wraps JaxMARL's own environment ``NAME``.
+JAXMARL_PREFIX = "jaxmarl:"
+
+
+def is_jaxmarl(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith(JAXMARL_PREFIX)
+
 
 def register(name: str, factory: Callable[..., Any] | str, description: str = "", **kwargs: Any) -> None:
     """Add a preset. Later issues (SMAX stand-ins, JaxMARL envs) register theirs here too."""
@@ -51,13 +63,30 @@ def get_preset(name: str) -> Preset:
         close = difflib.get_close_matches(name, _PRESETS, n=3, cutoff=0.4)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise EnvConfigError(
-            f"unknown environment {name!r}{hint}; valid choices: {', '.join(preset_names())}"
+            f"unknown environment {name!r}{hint}; valid choices: {', '.join(preset_names())}, "
+            f"or {JAXMARL_PREFIX}NAME for a JaxMARL environment"
         )
     return _PRESETS[name]
 
 
+def check_name(name: str) -> None:
+    """Refuse (one ``EnvConfigError`` line) a name that ``make`` cannot resolve, building nothing:
+    a preset, or ``jaxmarl:NAME`` with NAME one of JaxMARL's registered environments."""
+    if is_jaxmarl(name):
+        from envs.jaxmarl_env import check_registered
+
+        check_registered(name[len(JAXMARL_PREFIX):])
+    else:
+        get_preset(name)
+
+
 def make(name: str, **overrides: Any) -> CromacEnv:
-    """Build the preset ``name`` with its defaults replaced by ``overrides``."""
+    """Build the preset ``name`` with its defaults replaced by ``overrides``; for
+    ``"jaxmarl:NAME"``, wrap ``jaxmarl.make(NAME, **overrides)`` (``envs/jaxmarl_env.py``)."""
+    if is_jaxmarl(name):
+        from envs.jaxmarl_env import make_jaxmarl
+
+        return make_jaxmarl(name[len(JAXMARL_PREFIX):], **overrides)
     preset = get_preset(name)
     factory = preset.resolve()
     params = inspect.signature(factory).parameters

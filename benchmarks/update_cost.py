@@ -215,8 +215,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON report (default: benchmarks/results/update_cost_<machine>.json)")
     args = p.parse_args(argv)
     for name in args.envs:
-        if name not in envs.preset_names():
-            p.error(f"unknown environment {name!r}; registered: {', '.join(envs.preset_names())}")
+        try:
+            envs.check_name(name)
+        except envs.EnvConfigError as e:
+            p.error(str(e))
     for m in args.methods:
         if m not in config_lib.METHODS:
             p.error(f"unknown method {m!r}; choose from {', '.join(config_lib.METHODS)}")

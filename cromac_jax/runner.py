@@ -269,9 +269,10 @@ def _train(
         eta = max(0.0, t.t_max - float(np.min(t_env))) / max(rate / t.num_seeds, 1e-9)
         test_txt = ""
         if last_test:
-            test_txt = f" | test won {np.mean(last_test['test_won_mean']):.2f}"
+            test_txt = f" | test won {np.mean(last_test['test_won_mean']):.2f} ret {np.mean(last_test['test_return_mean']):.3g}"
             if "test_fgsm_won_mean" in last_test:
-                test_txt += f" fgsm {np.mean(last_test['test_fgsm_won_mean']):.2f}"
+                test_txt += (f" | fgsm won {np.mean(last_test['test_fgsm_won_mean']):.2f}"
+                             f" ret {np.mean(last_test['test_fgsm_return_mean']):.3g}")
         _log(out, f"t_env {int(np.min(t_env)):>9,}/{t.t_max:,} ({100 * min(1.0, np.min(t_env) / t.t_max):5.1f}%) "
                   f"| {rate:,.0f} steps/s | return {np.mean(summary['return_mean']):.3f} "
                   f"won {np.mean(summary['won_mean']):.2f} | eps {np.mean(summary['epsilon']):.2f} "
@@ -286,11 +287,15 @@ def _train(
     last_test = _test_summary(tests)
     sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
     checkpoint.save(mgr, int(np.min(t_env)), state)
+    def pm(key: str, fmt: str) -> str:
+        return f"{np.mean(last_test[key]):{fmt}} ± {np.std(last_test[key]):{fmt}}"
+
+    # return too: for envs without a win condition (e.g. JaxMARL's MPE) it is the metric
     line = (f"{cfg.train.method} on {cfg.env.name}, {t.num_seeds} seed(s), {int(np.min(t_env)):,} env steps: "
-            f"test won {np.mean(last_test['test_won_mean']):.3f} ± {np.std(last_test['test_won_mean']):.3f}")
+            f"test won {pm('test_won_mean', '.3f')} (return {pm('test_return_mean', '.3g')})")
     if "test_fgsm_won_mean" in last_test:
-        line += (f", under FGSM (eps {cfg.cromac.eps}) {np.mean(last_test['test_fgsm_won_mean']):.3f}"
-                 f" ± {np.std(last_test['test_fgsm_won_mean']):.3f}")
+        line += (f", under FGSM (eps {cfg.cromac.eps}) {pm('test_fgsm_won_mean', '.3f')}"
+                 f" (return {pm('test_fgsm_return_mean', '.3g')})")
     if primary:
         (run_dir / "summary.txt").write_text(line + "\n")
     _log(out, f"done in {_fmt_eta(time.time() - start)}: {line}; run dir {run_dir}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -103,6 +104,7 @@ def test_env_throughput_smoke(env_throughput, tmp_path, capsys, monkeypatch):
 
     # A preset the registry lists but cannot build must be skipped, with the reason printed.
     monkeypatch.setattr(envs, "preset_names", lambda: ["hallway_4x5x6", "smax_not_built"])
+    monkeypatch.setattr(env_throughput, "JAXMARL_COMM_BENCHMARKS", ())  # default list; MPE rows tested below
     monkeypatch.setattr(envs, "make", make)
     out = tmp_path / "env.json"
     env_throughput.main(["--num-envs", "1", "4", "--steps", "5", "--repeats", "2", "--out", str(out)])
@@ -260,3 +262,17 @@ def test_eval_throughput_smoke(tmp_path, capsys):
     assert "extrapolated from 2 episodes/seed" in printed
     with pytest.raises(SystemExit):
         mod.main(["--attacks", "fgs"])
+
+
+def test_env_throughput_takes_jaxmarl_envs_and_consumes_observations(env_throughput):
+    """``jaxmarl:NAME`` rows run (issue 9's MPE tasks), and the timed program depends on every
+    observation: a rollout that only summed rewards would let XLA drop the observation code."""
+    env = env_throughput.envs.make("jaxmarl:MPE_simple_speaker_listener_v4")
+    reset, rollout = env_throughput.make_rollout(env, 4, 3, api="array")
+    states = reset(jax.random.PRNGKey(0))
+    text = rollout.lower(states, jax.random.PRNGKey(1)).as_text()
+    assert "1.000000e-30" in text  # the observation term is in the program
+    _, total = rollout(states, jax.random.PRNGKey(1))
+    assert np.isfinite(float(total))
+    with pytest.raises(SystemExit):
+        env_throughput.parse_args(["--presets", "jaxmarl:MPE_no_such_env"])

@@ -503,10 +503,10 @@ def test_radius_zero_collapses_to_forward_pass(seed):
 
     (w, b), = random_layers(rng, [5, 4], 1.0)
     _assert_point(j_dense(pt, w, b), x @ w + b)
-    for name, (rule, fn) in ALL_ELEMENTWISE.items():
+    for rule, fn in ALL_ELEMENTWISE.values():
         _assert_point(rule(pt), fn(x))
     layers = random_layers(rng, [5, 7, 6, 2], 1.0)
-    for name, (rule, fn) in ACTIVATIONS.items():
+    for rule, fn in ACTIVATIONS.values():
         _assert_point(j_mlp(pt, layers, rule), j_mlp_apply(x, layers, fn))
 
     enc = random_encoder(rng, 5, 6, 3, 1.0, 3.0)

@@ -10,7 +10,7 @@ import yaml
 
 from cromac_jax import checkpoint, cli, runner
 from cromac_jax import config as C
-from cromac_jax.train import make_train, seed_keys
+from cromac_jax.train import seed_keys
 
 
 def tiny(method="cromac", **train):

@@ -149,12 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     from cromac_jax.plot import add_plot_parser
 
     add_plot_parser(sub)
+
+    from cromac_jax.bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":  # before any import starts a jax backend: the bench parent only orchestrates
+        from cromac_jax.bench import prepare_parent
+
+        prepare_parent()
     if getattr(args, "distributed", False) and args.command == "train":
         # before the imports below: jaxmarl touches the XLA backend when imported
         from cromac_jax.config import ConfigError

@@ -1,0 +1,590 @@
+"""Reproduce the paper's Table 1: train every method with the paper's protocol, evaluate it under
+the Table-1 attacks, and put our numbers next to the paper's, row by row.
+
+Run from the repository root (the script puts the repository root on ``sys.path``)::
+
+    python benchmarks/reproduce_table1.py --envs hallway_4x5x6              # the paper's protocol
+    python benchmarks/reproduce_table1.py --envs lbf_3p1f tj_slow --t-max 500000
+    python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --share 0/2 &  # two processes split the runs
+    python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --share 1/2
+    python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --table-only # rebuild the tables from the runs
+
+Per env: methods ``cromac``, ``cromac_no_robust``, ``full_comm``, ``qmix``, ``ame`` (``--methods``)
+with the QMIX mixer, plus on ``lbf_3p1f`` ``cromac`` with the VDN and QPLEX mixers (Figure 5a;
+``--no-figure5a`` leaves them out); 5 seeds (``--seeds``) vmapped per run; the paper's budget of env
+steps per seed, ``train.t_max`` of the env's resolved config (the official hyperparameters,
+``configs/<env>.yaml``), or a smaller one stated with ``--t-max`` (the report says which).
+
+Training goes through ``cromac_jax.sweep`` (its run plan, configs and run-directory names) and
+``runner.train``: a finished run is skipped, an interrupted one resumes from its last checkpoint,
+so the script can be killed and restarted at any time. Progress: every chunk prints the run's own
+line (env steps, steps/s, returns, ETA) and, at most every ``--progress-every`` seconds, a bar over
+every run of this invocation with the overall training ETA.
+
+Each finished run is then evaluated at its last checkpoint with ``evaluate.eval_grid`` (what
+``cromac eval`` runs): natural, random, PGD and FGSM at 0.25, 0.5, 1, 2 and 4 x ``cromac.eps`` (the
+budget ladder ``attacks.DEFAULT_BUDGETS`` standing for Table 1's FGSM (1), FGSM (2), FGSM, FGSM (3),
+FGSM (4)), ``--episodes`` greedy episodes per seed (200 x 5 seeds = the paper's 1000), every
+message channel attacked; ``eval_<step>.{md,csv,json}`` land in the run directory, and an existing
+one with the same episodes is reused.
+
+Outputs, in ``--results-dir`` (default ``benchmarks/results``), per env, named after the hardware
+(``cromac_jax.bench.hardware_tag``): ``table1_<env>_<hardware>.md`` (our rows next to the paper's,
+the differences, the checks of issue 7 -- the paper's ordering, its targets -- the runs with their
+wall times, the figures), ``table1_<env>_<hardware>.json`` (the same as data) and the learning
+curves ``table1_<env>_<hardware>_curves.png`` and ``..._budget.png`` (``cromac_jax.plot``). Wall
+times are kept per run in ``<run dir>/table1_wall.json`` and summed over the sessions that
+trained and evaluated it. The runs go to ``--runs-dir`` (default
+``runs/table1_<hardware>/<paper | t<t_max>>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cromac_jax import attacks, sweep  # noqa: E402
+from cromac_jax import bench as B  # noqa: E402
+from cromac_jax.config import METHODS, ConfigError  # noqa: E402
+
+# ================================================================================ the paper's Table 1
+PAPER_CITATION = (
+    "Yuan L, et al. Robust multi-agent communication via multi-view message certification. "
+    "Sci China Inf Sci, April 2024, Vol. 67, Iss. 4, 142102, Table 1: \"Average test win rates for CroMAC and "
+    "AME under different message perturbation conditions. The results are averaged from 1000 test episodes "
+    "among 5 random seeds, where FGSM (n) refers to methods under FGSM attack with different budgets.\""
+)
+COLUMNS: tuple[str, ...] = ("Natural", "Random", "PGD", "FGSM (1)", "FGSM (2)", "FGSM", "FGSM (3)", "FGSM (4)")
+#: Table 1 as printed (mean±std over 5 seeds per column of ``COLUMNS``), keyed by our preset names.
+#: The strings are the paper's rows verbatim, so they can be checked against its text.
+PAPER_ROWS: dict[str, dict[str, str]] = {
+    "hallway_4x5x6": {
+        "CroMAC": "0.93±0.06 0.91±0.11 0.92±0.13 0.97±0.03 0.86±0.04 0.91±0.10 0.60±0.31 0.66±0.39",
+        "AME": "0.98±0.01 0.93±0.04 0.43±0.20 0.66±0.34 0.61±0.34 0.62±0.31 0.36±0.10 0.10±0.20",
+        "REC": "1.00±0.00 0.95±0.08 0.90±0.20 0.96±0.06 0.62±0.38 0.82±0.23 0.68±0.40 0.41±0.43",
+    },
+    "lbf_3p1f": {
+        "CroMAC": "0.71±0.05 0.72±0.03 0.61±0.09 0.71±0.07 0.67±0.09 0.64±0.13 0.43±0.15 0.30±0.08",
+        "AME": "0.77±0.04 0.72±0.04 0.58±0.11 0.63±0.09 0.56±0.02 0.47±0.03 0.36±0.10 0.29±0.04",
+    },
+    "tj_slow": {
+        "CroMAC": "0.31±0.07 0.46±0.20 0.31±0.23 0.29±0.12 0.31±0.09 0.37±0.14 0.42±0.16 0.32±0.18",
+        "AME": "0.12±0.07 0.13±0.03 0.15±0.06 0.13±0.06 0.13±0.06 0.12±0.06 0.08±0.02 0.13±0.06",
+    },
+    "smax_1o10b_vs_1r": {
+        "CroMAC": "0.65±0.10 0.64±0.12 0.53±0.07 0.56±0.04 0.52±0.18 0.59±0.08 0.41±0.14 0.34±0.03",
+        "AME": "0.38±0.12 0.52±0.24 0.51±0.17 0.44±0.13 0.45±0.20 0.38±0.02 0.44±0.19 0.43±0.07",
+    },
+}
+PAPER_ENV_TITLES = {
+    "hallway_4x5x6": "Hallway 4x5x6",
+    "lbf_3p1f": "LBF 3p-1f",
+    "tj_slow": "TJ slow",
+    "smax_1o10b_vs_1r": "SMAC 1o10b vs 1r (ours: the SMAX stand-in, not StarCraft II)",
+}
+#: Our method -> its Table-1 row; methods absent here have no row in Table 1 (REC is not implemented).
+PAPER_METHOD = {"cromac": "CroMAC", "ame": "AME"}
+METHOD_TITLES = {"cromac": "CroMAC", "cromac_no_robust": "CroMAC w/o robust", "full_comm": "Full-Comm",
+                 "qmix": "QMIX", "ame": "AME"}
+TABLE1_ATTACKS = ("natural", "random", "pgd", "fgsm")
+DEFAULT_METHODS = ("cromac", "cromac_no_robust", "full_comm", "qmix", "ame")
+FIGURE5A_ENV, FIGURE5A_MIXERS = "lbf_3p1f", ("vdn", "qplex")
+#: Issue 7's targets: the paper's hallway protocol (one method, 5 seeds) in under 30 minutes here,
+#: CroMAC's natural win rate >= the paper's, and on hallway under PGD >= 0.9.
+TARGET_RUN_MINUTES = 30.0
+TARGET_HALLWAY_PGD = 0.9
+WALL_FILE = "table1_wall.json"
+
+
+def parse_cell(text: str) -> tuple[float, float]:
+    mean, std = text.split("±")
+    return float(mean), float(std)
+
+
+def paper_row(env: str, method: str) -> list[tuple[float, float]] | None:
+    row = PAPER_ROWS.get(env, {}).get(PAPER_METHOD.get(method, ""))
+    return None if row is None else [parse_cell(c) for c in row.split()]
+
+
+# ================================================================================ plan
+def plan_runs(env: str, methods: Sequence[str], figure5a: bool = True) -> list[sweep.SweepRun]:
+    """The runs of one env: every method with the QMIX mixer, plus Figure 5a's mixers on LBF 3p."""
+    runs = sweep.plan([env], list(methods), ["qmix"])
+    if figure5a and env == FIGURE5A_ENV and "cromac" in methods:
+        runs += sweep.plan([env], ["cromac"], list(FIGURE5A_MIXERS))
+    return runs
+
+
+def run_label(run: sweep.SweepRun) -> str:
+    title = METHOD_TITLES.get(run.method, run.method)
+    return title if run.mixer == "qmix" else f"{title} ({run.mixer.upper()} mixer)"
+
+
+# ================================================================================ bookkeeping
+def read_wall(run_dir: Path) -> dict[str, float]:
+    path = run_dir / WALL_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def add_wall(run_dir: Path, key: str, seconds: float) -> None:
+    """Add ``seconds`` to ``key`` (train_s / eval_s) of the run's wall-time ledger."""
+    wall = read_wall(run_dir)
+    wall[key] = wall.get(key, 0.0) + seconds
+    wall[key.replace("_s", "_sessions")] = wall.get(key.replace("_s", "_sessions"), 0) + 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / WALL_FILE).write_text(json.dumps(wall, indent=1))
+
+
+def saved_steps(run_dir: Path) -> list[int]:
+    from cromac_jax import checkpoint
+
+    return checkpoint.all_steps(run_dir) if (run_dir / checkpoint.CHECKPOINT_DIR).is_dir() else []
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """A bar over every run of this invocation: env steps (summed over seeds) done of the total,
+    with the training ETA from the rate of this session."""
+
+    def __init__(self, total: int, done: int, out: TextIO | None, every: float):
+        self.total, self.done, self.out, self.every = total, done, out, every
+        self.start_done, self.t0, self.last = done, time.time(), 0.0
+        self.run_base = 0  # steps of the current run already counted in done
+        self.name, self.index, self.count = "", 0, 0
+
+    def start_run(self, name: str, index: int, count: int, already: int) -> None:
+        self.name, self.index, self.count, self.run_base = name, index, count, already
+        self.show(force=True)
+
+    def chunk(self, record: dict[str, Any], t_max: int) -> None:
+        now = int(sum(min(int(t), t_max) for t in record["t_env"]))
+        self.done += now - self.run_base
+        self.run_base = now
+        self.show()
+
+    def show(self, force: bool = False) -> None:
+        if self.out is None or (not force and time.time() - self.last < self.every):
+            return
+        self.last = time.time()
+        frac = self.done / max(self.total, 1)
+        elapsed = time.time() - self.t0
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        bar = "#" * int(round(30 * frac)) + "." * (30 - int(round(30 * frac)))
+        where = f" | run {self.index}/{self.count} {self.name}" if self.name else ""
+        print(f"[table1 {bar}] {100 * frac:5.1f}% of {self.total:,} env steps{where} | elapsed {_fmt_time(elapsed)} "
+              f"| training ETA {_fmt_time(eta)}", file=self.out, flush=True)
+
+
+# ================================================================================ train + evaluate
+def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
+               out: TextIO | None, progress_every: float) -> None:
+    """Train (or resume) every run that has not reached its budget; finished runs are skipped."""
+    from cromac_jax import runner
+
+    cfgs = {r: sweep.run_config(r, overrides, seeds) for r in runs}  # every config is checked first
+    done = {r: min(max(saved_steps(runs_dir / r.name) or [0]), cfgs[r].train.t_max) for r in runs}
+    total = sum(c.train.t_max * c.train.num_seeds for c in cfgs.values())
+    progress = Progress(total, sum(done[r] * cfgs[r].train.num_seeds for r in runs), out, progress_every)
+    for i, r in enumerate(runs, 1):
+        cfg, run_dir = cfgs[r], runs_dir / r.name
+        if sweep._finished(run_dir, cfg):
+            _log(out, f"[{i}/{len(runs)}] {r.name}: already finished, skipped")
+            continue
+        resume = bool(saved_steps(run_dir))
+        _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(done[r], ',') if resume else 'starting'}")
+        progress.start_run(r.name, i, len(runs), done[r] * cfg.train.num_seeds)
+        t0 = time.time()
+        try:
+            runner.train(cfg, run_dir=run_dir, resume=resume, out=out,
+                         on_chunk=lambda rec, t_max=cfg.train.t_max: progress.chunk(rec, t_max))
+        finally:
+            add_wall(run_dir, "train_s", time.time() - t0)
+    if progress.name:
+        progress.show(force=True)
+
+
+def eval_path(run_dir: Path) -> Path | None:
+    steps = saved_steps(run_dir)
+    return run_dir / f"eval_{steps[-1]}.json" if steps else None
+
+
+def has_table1_eval(path: Path | None, episodes: int, budgets: Sequence[float]) -> bool:
+    """Whether ``path`` is an eval table of the Table-1 grid at these episodes and budgets."""
+    if path is None or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    attacked = {r["attack"] for r in data.get("rows", [])}
+    return (data.get("episodes_per_seed") == episodes and data.get("attack_own", True)
+            and [float(b) for b in data.get("budgets", [])] == [float(b) for b in budgets]
+            and set(TABLE1_ATTACKS) <= attacked)
+
+
+def evaluate_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str], episodes: int,
+                  budgets: Sequence[float], out: TextIO | None) -> None:
+    """The Table-1 grid at the last checkpoint of every finished run (reused when already there)."""
+    from cromac_jax import evaluate as ev
+
+    for r in runs:
+        run_dir = runs_dir / r.name
+        cfg = sweep.run_config(r, overrides, seeds)
+        if not sweep._finished(run_dir, cfg):
+            continue
+        if has_table1_eval(eval_path(run_dir), episodes, budgets):
+            _log(out, f"{r.name}: Table-1 evaluation at step {saved_steps(run_dir)[-1]:,} already there, reused")
+            continue
+        _log(out, f"{r.name}: evaluating {episodes} episodes x {cfg.train.num_seeds} seeds under "
+                  f"{', '.join(TABLE1_ATTACKS)} at budgets {', '.join(f'{b:g}' for b in budgets)} x eps")
+        t0 = time.time()
+        run = ev.load_run(run_dir)
+        ev.eval_grid(run, TABLE1_ATTACKS, budgets, episodes, out=out)
+        add_wall(run_dir, "eval_s", time.time() - t0)
+
+
+# ================================================================================ the table
+def our_row(run_dir: Path) -> dict[str, Any] | None:
+    """Our Table-1 cells of a run from its newest eval table: {column: (mean, std, per-seed)}."""
+    path = eval_path(run_dir)
+    if path is None or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    cells = {r["table1"]: (r["win_mean"], r["win_std"], r["per_seed"]["win"]) for r in data["rows"]}
+    return {"cells": cells, "step": data["step"], "seeds": data["seeds"], "episodes_per_seed": data["episodes_per_seed"],
+            "config_eps": data["config_eps"], "certified": data.get("certified_at_config_eps", {}).get("mean"),
+            "budgets": data.get("budgets"), "eval_json": str(path)}
+
+
+def _cell(mean_std: tuple[float, float] | None) -> str:
+    return "—" if mean_std is None else f"{mean_std[0]:.2f} ± {mean_std[1]:.2f}"
+
+
+def _diff(ours: tuple | None, paper: tuple | None) -> str:
+    return "—" if ours is None or paper is None else f"{ours[0] - paper[0]:+.2f}"
+
+
+def checks(env: str, table: dict[str, dict[str, Any]], run_rows: list[dict[str, Any]], paper_budget: bool,
+           seeds: int) -> list[dict[str, Any]]:
+    """Issue 7's targets on this env: CroMAC natural >= the paper's; on hallway CroMAC under PGD >= 0.9;
+    the paper's ordering (CroMAC above CroMAC w/o robust and above AME under PGD and under FGSM);
+    the paper's hallway protocol (one method, 5 seeds) in under 30 minutes of wall time here."""
+    out = []
+
+    def mean(method: str, col: str) -> float | None:
+        row = table.get(method)
+        return None if row is None or col not in row["cells"] else row["cells"][col][0]
+
+    paper = paper_row(env, "cromac")
+    ours_nat = mean("cromac", "Natural")
+    if paper is not None:
+        target = paper[0][0]
+        out.append(_check(f"CroMAC natural win rate >= the paper's {target:.2f}", ours_nat, target))
+    if env == "hallway_4x5x6":
+        out.append(_check(f"CroMAC win rate under PGD >= {TARGET_HALLWAY_PGD}", mean("cromac", "PGD"), TARGET_HALLWAY_PGD))
+    for other in ("cromac_no_robust", "ame"):
+        for col in ("PGD", "FGSM"):
+            a, b = mean("cromac", col), mean(other, col)
+            out.append(_check(f"ordering: CroMAC above {METHOD_TITLES[other]} under {col}", a, b,
+                              strict=True, other=f"{METHOD_TITLES[other]} {b:.2f}" if b is not None else None))
+    if env == "hallway_4x5x6":
+        for r in run_rows:
+            if r["method"] == "cromac" and r["mixer"] == "qmix":
+                minutes = None if r["train_s"] is None else (r["train_s"] + (r["eval_s"] or 0.0)) / 60
+                c = {"check": f"the paper's protocol for one method (CroMAC, 5 seeds) in < {TARGET_RUN_MINUTES:.0f} min "
+                              "of wall time (training + evaluation), minutes",
+                     "ours": minutes, "target": TARGET_RUN_MINUTES, "other": None,
+                     "margin": None if minutes is None else TARGET_RUN_MINUTES - minutes,
+                     "status": "not run yet" if minutes is None else "pass" if minutes < TARGET_RUN_MINUTES else "MISS"}
+                if minutes is not None and not (paper_budget and seeds == 5):
+                    c["status"] = "n/a: not the paper's budget and 5 seeds"
+                out.append(c)
+    return out
+
+
+def _check(what: str, ours: float | None, target: float | None, strict: bool = False, other: str | None = None) -> dict[str, Any]:
+    if ours is None or target is None:
+        return {"check": what, "ours": ours, "target": target, "margin": None, "status": "not run yet"}
+    ok = ours > target if strict else ours >= target
+    return {"check": what, "ours": ours, "target": target, "margin": ours - target, "status": "pass" if ok else "MISS",
+            "other": other}
+
+
+def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
+                 paper_budget: bool, episodes: int, results_dir: Path, tag: str, hw: dict[str, Any],
+                 session_s: float, out: TextIO | None, command: str = "") -> dict[str, Any]:
+    """Write ``table1_<env>_<tag>.{md,json}`` and the PNGs from whatever runs are finished now."""
+    from cromac_jax import plot
+
+    stem = f"table1_{env}_{tag}"
+    table: dict[str, dict[str, Any]] = {}
+    run_rows = []
+    t_max = None
+    for r in runs:
+        run_dir = runs_dir / r.name
+        cfg = sweep.run_config(r, overrides, seeds)
+        t_max = cfg.train.t_max
+        finished = sweep._finished(run_dir, cfg)
+        ours = our_row(run_dir) if finished else None
+        wall = read_wall(run_dir)
+        if ours is not None:
+            table[r.name if r.mixer != "qmix" else r.method] = ours
+        steps = saved_steps(run_dir)
+        run_rows.append({"run": r.name, "method": r.method, "mixer": r.mixer, "label": run_label(r),
+                         "status": "evaluated" if ours else ("trained" if finished else ("partial" if steps else "not started")),
+                         "env_steps": steps[-1] if steps else 0, "t_max": t_max, "seeds": cfg.train.num_seeds,
+                         "certified": ours["certified"] if ours else None, "config_eps": cfg.cromac.eps,
+                         "robust_start": cfg.cromac.robust_start if r.method == "cromac" else None,
+                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(run_dir)})
+
+    # ---- figures
+    figures: dict[str, str] = {}
+    curves, evals = [], []
+    for r in runs:
+        try:
+            curves.append(plot.load_curves(runs_dir / r.name))
+        except Exception:  # noqa: BLE001 - a run not started yet has nothing to draw
+            continue
+        e = plot.load_budget_curves(runs_dir / r.name)
+        if e is not None:
+            evals.append(e)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if curves:
+        figures["curves"] = plot.save_png(plot.learning_curves_figure(curves, "won"), results_dir / f"{stem}_curves.png").name
+    if evals:
+        figures["budget"] = plot.save_png(plot.budget_figure(evals, "won"), results_dir / f"{stem}_budget.png").name
+
+    check_rows = checks(env, table, run_rows, paper_budget, seeds)
+    payload = {
+        "benchmark": "reproduce_table1", "env": env, "hardware": hw, "paper": {
+            "citation": PAPER_CITATION, "columns": list(COLUMNS),
+            "rows": {m: [parse_cell(c) for c in row.split()] for m, row in PAPER_ROWS.get(env, {}).items()}},
+        "protocol": {"seeds": seeds, "t_max": t_max, "paper_budget": paper_budget, "episodes_per_seed": episodes,
+                     "env_label": plot.env_label(sweep.run_config(runs[0], overrides, seeds)) if runs else env,
+                     "attacks": list(TABLE1_ATTACKS), "overrides": overrides, "runs_dir": str(runs_dir)},
+        "ours": {k: {**v, "cells": {c: list(x) for c, x in v["cells"].items()}} for k, v in table.items()},
+        "runs": run_rows, "checks": check_rows, "figures": figures, "command": command,
+        "wall": {"train_s": _sum(r["train_s"] for r in run_rows), "eval_s": _sum(r["eval_s"] for r in run_rows),
+                 "this_session_s": session_s},
+    }
+    md = render_markdown(payload, runs)
+    (results_dir / f"{stem}.md").write_text(md, encoding="utf-8")
+    (results_dir / f"{stem}.json").write_text(json.dumps(B._finite(payload), indent=1) + "\n", encoding="utf-8")
+    _log(out, "\n" + md)
+    _log(out, f"wrote {results_dir / (stem + '.md')}, {stem}.json" + "".join(f", {f}" for f in figures.values()))
+    return payload
+
+
+def _sum(values: Any) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) if vals else None
+
+
+def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
+    env, hw, proto = p["env"], p["hardware"], p["protocol"]
+    title = PAPER_ENV_TITLES.get(env, env)
+    eps = next((r["config_eps"] for r in p["runs"]), None)
+    label = proto.get("env_label", env)
+    changed = "" if label == env else f"; **env changed by overrides: `{label}`**, not the paper's"
+    lines = [f"# Table 1 reproduction: {title} (`{env}`) on {hw['tag']}{changed}", ""]
+    budget = (f"{proto['t_max']:,} env steps per seed (the paper's budget: `train.t_max` of the env's official config)"
+              if proto["paper_budget"] else
+              f"{proto['t_max']:,} env steps per seed (a budget stated with `--t-max`, NOT the paper's)")
+    lines += [
+        f"**Paper:** {PAPER_CITATION}", "",
+        f"**Ours:** {proto['seeds']} seeds per method, {budget}; greedy test win rate over {proto['episodes_per_seed']} "
+        f"episodes per seed ({proto['episodes_per_seed'] * proto['seeds']:,} per method), mean ± std over seeds, every "
+        f"message channel attacked (the agent's own hidden state included, as the official code). Budgets are multiples "
+        f"of `cromac.eps` = {eps:g}: FGSM (1), FGSM (2), FGSM, FGSM (3), FGSM (4) = 0.25, 0.5, 1, 2, 4 x eps; Random "
+        f"and PGD (10 steps) at 1 x eps. The paper's FGSM (n) budgets are in its Appendix D, which we do not have: "
+        f"this ladder is our reading (`cromac_jax/attacks.py`)." if eps is not None else "",
+        "",
+        f"Measured on {hw['cpu_model']} ({hw['cpu_cores']} cores), jax {hw['jax_version']}, backend `{hw['jax_backend']}`, "
+        f"device `{hw['device_kind']}` x{hw['device_count']}, load average {hw['load_average']} at the report, "
+        f"{hw['date']}."
+        + (f" Config overrides on every run: `{' '.join(proto['overrides'])}`." if proto["overrides"] else ""),
+        "",
+    ]
+    header = ["method", "", *COLUMNS]
+    body = []
+    shown_paper = set()
+    for r in runs:
+        key = r.method if r.mixer == "qmix" else r.name
+        ours = p["ours"].get(key)
+        label = run_label(r) + ("" if r.mixer != "qmix" or r.method in PAPER_METHOD else " *")
+        body.append([f"{label} (`{r.method}`{'' if r.mixer == 'qmix' else ', ' + r.mixer})", "ours",
+                     *[_cell(ours["cells"].get(c)[:2] if ours and c in ours["cells"] else None) for c in COLUMNS]])
+        paper = paper_row(env, r.method) if r.mixer == "qmix" else None
+        if paper is not None:
+            shown_paper.add(PAPER_METHOD[r.method])
+            body.append(["", "paper", *[_cell(x) for x in paper]])
+            body.append(["", "ours − paper",
+                         *[_diff(ours["cells"].get(c) if ours else None, x) for c, x in zip(COLUMNS, paper, strict=True)]])
+    for name, row in PAPER_ROWS.get(env, {}).items():
+        if name not in shown_paper:
+            body.append([f"{name} (not implemented here)" if name == "REC" else name, "paper",
+                         *[_cell(parse_cell(c)) for c in row.split()]])
+    lines += ["## Win rates", "", B.markdown_table(header, body), ""]
+    if env not in PAPER_ROWS:
+        lines += ["Table 1 has no row for this env: our numbers only.", ""]
+    late = [r for r in p["runs"] if r["robust_start"] is not None and r["robust_start"] >= r["t_max"]]
+    if late:
+        lines += [f"**Warning:** CroMAC's robust training starts at `cromac.robust_start` = {late[0]['robust_start']:,} env "
+                  f"steps, at or beyond this budget of {late[0]['t_max']:,}: its robust loss never ran, so these CroMAC rows "
+                  "are CroMAC w/o robust training. Scale it with the budget (e.g. `cromac.robust_start=...`).", ""]
+    lines += ["\\* not a row of Table 1 (the paper shows these methods in Figure 3 / Figure 5a as curves only; "
+              "Full-Comm and QMIX there are tested without perturbation, here under the same attacks as the rest; "
+              "QMIX reads no messages, so attacks cannot change it). \"—\": not run yet, or no paper number.", ""]
+    lines += ["## Checks (issue 7 targets)", "",
+              B.markdown_table(["check", "ours", "target / other", "margin", "result"],
+                               [[c["check"], "—" if c["ours"] is None else f"{c['ours']:.2f}",
+                                 c.get("other") or ("—" if c["target"] is None else f"{c['target']:.2f}"),
+                                 "—" if c["margin"] is None else f"{c['margin']:+.2f}", c["status"]] for c in p["checks"]]),
+              ""]
+    lines += ["## Runs", "",
+              B.markdown_table(["run", "status", "env steps", "seeds", "certified @ eps", "train wall", "eval wall"],
+                               [[r["run"], r["status"], f"{r['env_steps']:,} / {r['t_max']:,}", r["seeds"],
+                                 "—" if r["certified"] is None else f"{r['certified']:.3f}",
+                                 _fmt_time(r["train_s"]), _fmt_time(r["eval_s"])] for r in p["runs"]]),
+              "",
+              f"Wall time: training {_fmt_time(p['wall']['train_s'])}, evaluation {_fmt_time(p['wall']['eval_s'])} (sums over "
+              f"the sessions that ran them, compile included); this session {_fmt_time(p['wall']['this_session_s'])}. "
+              f"certified @ eps: fraction of decisions whose greedy action IBP proves unchanged at the config eps.", ""]
+    if p["figures"]:
+        lines += ["## Figures", ""]
+        if "curves" in p["figures"]:
+            lines += [f"![learning curves]({p['figures']['curves']})", "",
+                      "Test win rate during training (natural solid, FGSM at eps dashed), mean ± standard error over seeds.", ""]
+        if "budget" in p["figures"]:
+            lines += [f"![win rate vs budget]({p['figures']['budget']})", "", "Win rate against the attack budget.", ""]
+    lines += [f"Runs: `{proto['runs_dir']}`. Reproduce (resumable): `{p['command']}`.", ""]
+    return "\n".join(lines)
+
+
+# ================================================================================ command line
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--envs", nargs="+", default=["hallway_4x5x6"],
+                   help="env presets (Table 1 has hallway_4x5x6 lbf_3p1f tj_slow smax_1o10b_vs_1r)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="methods (default: %(default)s)")
+    p.add_argument("--no-figure5a", dest="figure5a", action="store_false",
+                   help="leave out cromac with the VDN and QPLEX mixers on lbf_3p1f (Figure 5a)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per run, vmapped (default: 5, the paper's)")
+    p.add_argument("--t-max", dest="t_max", type=int, default=None,
+                   help="env steps per seed (default: the paper's budget, train.t_max of the env's config)")
+    p.add_argument("--episodes", type=int, default=200, help="test episodes per seed (default 200: 1000 over 5 seeds)")
+    p.add_argument("--budgets", nargs="+", type=float, default=list(attacks.DEFAULT_BUDGETS),
+                   help="FGSM budgets as multiples of cromac.eps (default: %(default)s = FGSM (1), (2), FGSM, (3), (4))")
+    p.add_argument("--runs-dir", dest="runs_dir", type=Path, default=None,
+                   help="where the runs go (default: runs/table1_<hardware>/<paper | t<t_max>>)")
+    p.add_argument("--results-dir", dest="results_dir", type=Path, default=ROOT / "benchmarks" / "results",
+                   help="where the tables and figures go (default: benchmarks/results)")
+    p.add_argument("--share", default="0/1", help="I/N: train and evaluate only every N-th run starting at I")
+    p.add_argument("--table-only", dest="table_only", action="store_true", help="train and evaluate nothing: rebuild the tables")
+    p.add_argument("--progress-every", dest="progress_every", type=float, default=60.0,
+                   help="seconds between overall progress lines (default 60)")
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides for every run (e.g. for a smoke test)")
+    args = p.parse_args(argv)
+    import envs
+
+    for name in args.envs:
+        if name not in envs.preset_names():
+            p.error(f"unknown environment {name!r}; registered: {', '.join(envs.preset_names())}")
+    for m in args.methods:
+        if m not in METHODS:
+            p.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if args.seeds < 1 or args.episodes < 1 or (args.t_max is not None and args.t_max < 1):
+        p.error("--seeds, --episodes and --t-max must be >= 1")
+    try:
+        args.share_index, args.share_count = (int(x) for x in args.share.split("/"))
+    except ValueError:
+        p.error(f"--share must look like I/N, got {args.share!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> dict[str, dict[str, Any]]:
+    args = parse_args(argv)
+    t0 = time.time()
+    tag = B.hardware_tag()
+    overrides = list(args.overrides) + ([f"train.t_max={args.t_max}"] if args.t_max is not None else [])
+    runs_dir = args.runs_dir or ROOT / "runs" / f"table1_{tag}" / ("paper" if args.t_max is None else f"t{args.t_max}")
+    try:
+        attacks_budgets = list(args.budgets)
+        from cromac_jax.evaluate import check_budgets
+
+        check_budgets(attacks_budgets)
+        plans = {env: plan_runs(env, args.methods, args.figure5a) for env in args.envs}
+        for runs in plans.values():  # every config is checked before anything trains
+            for r in runs:
+                sweep.run_config(r, overrides, args.seeds)
+    except ConfigError as e:
+        raise SystemExit(f"reproduce_table1: error: {e}") from None
+    for env in args.envs:
+        cfg = sweep.run_config(sweep.SweepRun(env, "cromac", "qmix"), overrides, args.seeds)
+        if "cromac" in args.methods and cfg.cromac.robust_start >= cfg.train.t_max:
+            _log(out, f"WARNING: on {env} cromac.robust_start={cfg.cromac.robust_start:,} >= t_max={cfg.train.t_max:,}: "
+                      "CroMAC's robust training would never start; pass cromac.robust_start=<fewer steps> to scale it")
+    every = [r for env in args.envs for r in plans[env]]
+    mine = sweep.my_share(every, args.share_index, args.share_count)
+    _log(out, f"# Table 1 reproduction on {tag}: {', '.join(args.envs)}; {len(every)} runs"
+              + (f", this process's share {args.share}: {len(mine)}" if args.share_count > 1 else "")
+              + f"; {args.seeds} seeds each; runs in {runs_dir}")
+    if not args.table_only:
+        train_runs(runs_dir, mine, args.seeds, overrides, out, args.progress_every)
+        evaluate_runs(runs_dir, mine, args.seeds, overrides, args.episodes, attacks_budgets, out)
+        sweep.summarise(runs_dir, every, out=None)  # the sweep's own summary.md / summary.json
+    hw = B.hardware_info()
+    reports = {}
+    for env in args.envs:
+        reports[env] = build_report(env, runs_dir, plans[env], args.seeds, overrides, args.t_max is None,
+                                    args.episodes, args.results_dir, tag, hw, time.time() - t0, out,
+                                    command=reproduce_command(args, env))
+    _log(out, f"done in {_fmt_time(time.time() - t0)}")
+    return reports
+
+
+def reproduce_command(args: argparse.Namespace, env: str) -> str:
+    """The command that trains, evaluates and tabulates ``env`` as this invocation does."""
+    cmd = ["python", "benchmarks/reproduce_table1.py", "--envs", env]
+    if list(args.methods) != list(DEFAULT_METHODS):
+        cmd += ["--methods", *args.methods]
+    if not args.figure5a and env == FIGURE5A_ENV:
+        cmd.append("--no-figure5a")
+    cmd += ["--seeds", str(args.seeds)]
+    if args.t_max is not None:
+        cmd += ["--t-max", str(args.t_max)]
+    if args.episodes != 200:
+        cmd += ["--episodes", str(args.episodes)]
+    if [float(b) for b in args.budgets] != list(attacks.DEFAULT_BUDGETS):
+        cmd += ["--budgets", *(f"{b:g}" for b in args.budgets)]
+    return shlex.join(cmd + list(args.overrides))
+
+
+def _log(out: TextIO | None, line: str) -> None:
+    if out is not None:
+        print(line, file=out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,97 +14,35 @@ only, each ended with ``jax.block_until_ready`` so asynchronous dispatch cannot 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import platform
-import re
-import socket
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
+
+from cromac_jax.bench import describe_hardware, hardware_info  # noqa: F401  (one description of the machine)
+from cromac_jax.reporting import (  # noqa: F401  (load_average, markdown_table: re-exported for the scripts)
+    cpu_model,
+    load_average,
+    markdown_table,
+    slug,
+    usable_cores,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 # ---------------------------------------------------------------------------------- hardware
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (as ``uptime`` prints them), or None."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def hardware_info() -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores, jax version, backend and device, date."""
-    devices = jax.devices()
-    try:
-        import jaxlib
-
-        jaxlib_version = getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
-    except Exception:  # pragma: no cover - informational only
-        jaxlib_version = None
-    return {
-        "hostname": socket.gethostname(),
-        "cpu_model": cpu_model(),
-        "cpu_cores": usable_cores(),
-        "cpu_count_os": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib_version,
-        "jax_backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def describe_hardware(hw: dict[str, Any]) -> str:
-    """One line for the top of a printed report."""
-    return (
-        f"{hw['cpu_model']}, {hw['cpu_cores']} cores; jax {hw['jax_version']} "
-        f"backend={hw['jax_backend']} device={hw['device_kind']} x{hw['device_count']}; {hw['date']}"
-    )
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
 def machine_tag() -> str:
     """Names a results file after the machine class: ``<backend>-<cpu model>-<cores>c``.
 
     The CPU model (not the hostname, which containers randomise) keeps reruns on the same kind
     of machine in one file, e.g. ``cpu-amd-epyc-2c``.
     """
-    return f"{_slug(jax.default_backend())}-{_slug(cpu_model())}-{usable_cores()}c"
+    return f"{slug(jax.default_backend())}-{slug(cpu_model())}-{usable_cores()}c"
 
 
 def default_out(benchmark: str) -> Path:
@@ -160,18 +98,6 @@ def tree_nbytes(tree: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------- output
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; numbers are expected to be formatted by the caller."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
-
-
 def fmt_rate(x: float) -> str:
     """Steps per second with a k/M suffix."""
     if x >= 1e6:

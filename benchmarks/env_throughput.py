@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 import envs
+from cromac_jax.bench import env_rollout, random_available_actions  # noqa: F401  (used by tests, callers)
 
 #: Official numpy environments, env steps/s on a 2-core CPU, by preset-name prefix.
 REFERENCE_STEPS_PER_S = {"hallway": 111_000.0, "tj": 6_500.0, "lbf": 6_100.0}
@@ -100,21 +101,6 @@ def reference_for(preset: str) -> float | None:
     return REFERENCE_STEPS_PER_S.get(family)
 
 
-def random_available_actions(key: jax.Array, avail: jax.Array) -> jax.Array:
-    """A uniformly random available action per row of ``avail`` [..., A] -> int32 [...].
-
-    One uniform draw per agent picks the k-th available action (k < number available); this is
-    the same distribution as a categorical over the mask but several times cheaper on CPU
-    (no Gumbel noise per action), so the harness costs little next to the env step.
-    """
-    avail = avail.astype(bool)
-    count = jnp.sum(avail, axis=-1)
-    k = jnp.floor(jax.random.uniform(key, count.shape) * count).astype(jnp.int32)
-    k = jnp.minimum(k, jnp.maximum(count - 1, 0))
-    rank = jnp.cumsum(avail, axis=-1) - 1  # rank of each available action among the available
-    return jnp.argmax(avail & (rank == k[..., None]), axis=-1).astype(jnp.int32)
-
-
 API_LABELS = {
     "jaxmarl": "JaxMARL dict API, auto-reset env.step",
     "array": "array core step_arrays, as the trainer's rollout calls it (no reset inside an episode)",
@@ -125,42 +111,15 @@ API_LABELS = {
 JAXMARL_COMM_BENCHMARKS = ("jaxmarl:MPE_simple_speaker_listener_v4", "jaxmarl:MPE_simple_reference_v3")
 
 
-def _used(*trees: Any) -> jax.Array:
-    """A tiny term that depends on every observation, so XLA cannot drop their computation as dead
-    code (a learner reads them every step; a benchmark that only sums rewards would not pay for them)."""
-    leaves = [x for t in trees for x in jax.tree.leaves(t)]
-    return 1e-30 * sum(jnp.sum(x.astype(jnp.float32)) for x in leaves)
-
-
 def make_rollout(env: Any, num_envs: int, steps: int, api: str = "jaxmarl"):
     """Jitted ``(key) -> (reset states)`` and ``(states, key) -> (states, return sum)``.
 
     ``api="jaxmarl"``: the dict API with auto-reset, what a JaxMARL user calls. ``api="array"``:
     the array core without reset, what ``cromac_jax.rollout`` calls for every step of an episode
-    (it resets once per episode, outside the per-step path).
+    (it resets once per episode, outside the per-step path). The loop is ``cromac bench``'s
+    (``cromac_jax.bench.env_rollout``), so both report the same work.
     """
-    agents = list(env.agents)
-    avail = avail_fn(env)
-
-    def reset(key):
-        _, states = jax.vmap(env.reset)(jax.random.split(key, num_envs))
-        return states
-
-    def one_step(carry, key):
-        states, total = carry
-        k_act, k_env = jax.random.split(key)
-        actions = random_available_actions(k_act, jax.vmap(avail)(states))  # [E, N]
-        if api == "array":
-            ts, states = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_envs), states, actions)
-            return (states, total + jnp.sum(ts.reward) + _used(ts.obs, ts.world_state, ts.avail)), None
-        act_dict = {a: actions[:, i] for i, a in enumerate(agents)}
-        obs, states, rewards, _, _ = jax.vmap(env.step)(jax.random.split(k_env, num_envs), states, act_dict)
-        return (states, total + jnp.sum(rewards[agents[0]]) + _used(obs)), None
-
-    def rollout(states, key):
-        (states, total), _ = jax.lax.scan(one_step, (states, jnp.zeros(())), jax.random.split(key, steps))
-        return states, total
-
+    reset, rollout = env_rollout(env, num_envs, steps, api, avail=avail_fn(env))
     return jax.jit(reset), jax.jit(rollout)
 
 

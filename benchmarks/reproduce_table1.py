@@ -390,7 +390,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
     }
     md = render_markdown(payload, runs)
     (results_dir / f"{stem}.md").write_text(md, encoding="utf-8")
-    (results_dir / f"{stem}.json").write_text(json.dumps(B._finite(payload), indent=1) + "\n", encoding="utf-8")
+    (results_dir / f"{stem}.json").write_text(json.dumps(B.json_safe(payload), indent=1) + "\n", encoding="utf-8")
     _log(out, "\n" + md)
     _log(out, f"wrote {results_dir / (stem + '.md')}, {stem}.json" + "".join(f", {f}" for f in figures.values()))
     return payload

@@ -53,7 +53,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import shlex
 import socket
@@ -63,6 +62,16 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from cromac_jax.reporting import (  # noqa: E402
+    slug,
+    cpu_model,
+    fmt_rate,
+    json_safe,
+    load_average,
+    markdown_table,
+    usable_cores,
+)
 
 # jax, envs and the trainer are imported inside the functions that measure: building the `cromac`
 # parser (add_bench_parser) must stay cheap.
@@ -128,38 +137,6 @@ QUICK = {
 
 
 # ============================================================================== the machine
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
 def hardware_tag() -> str:
     """Names result files after the kind of machine: ``cpu-<cpu model>-<cores>c`` on a CPU backend
     (the same tag as ``benchmarks/_report.machine_tag``), ``<backend>-<device kind>[-xN]`` on an
@@ -168,10 +145,10 @@ def hardware_tag() -> str:
 
     backend = jax.default_backend()
     if backend == "cpu":
-        return f"cpu-{_slug(cpu_model())}-{usable_cores()}c"
+        return f"cpu-{slug(cpu_model())}-{usable_cores()}c"
     devices = jax.devices()
     count = f"-x{len(devices)}" if len(devices) > 1 else ""
-    return f"{_slug(backend)}-{_slug(devices[0].device_kind)}{count}"
+    return f"{slug(backend)}-{slug(devices[0].device_kind)}{count}"
 
 
 def hardware_info() -> dict[str, Any]:
@@ -251,14 +228,23 @@ def random_available_actions(key: Any, avail: Any) -> Any:
     return jnp.argmax(avail & (rank == k[..., None]), axis=-1).astype(jnp.int32)
 
 
-def env_rollout(env: Any, num_envs: int, steps: int, api: str) -> tuple[Any, Any]:
+def env_rollout(env: Any, num_envs: int, steps: int, api: str, avail: Any = None) -> tuple[Any, Any]:
     """``reset(key) -> states`` and ``rollout(states, key) -> (states, reward sum)``, un-jitted:
     ``steps`` steps of ``num_envs`` copies with random available actions, through the array core
-    (``api="array"``, what the trainer's rollout calls) or JaxMARL's auto-resetting dict API."""
+    (``api="array"``, what the trainer's rollout calls) or JaxMARL's auto-resetting dict API.
+    ``avail(state) -> bool [N, A]`` defaults to the array core's mask.
+
+    The sum also depends (with weight 1e-30) on every observation, state and mask the step
+    returns: a learner reads them every step, and a rollout that only summed rewards would let
+    XLA drop their computation as dead code and time a cheaper env than the trainer runs."""
     import jax
     import jax.numpy as jnp
 
     agents = list(env.agents)
+    avail = env._avail if avail is None else avail
+
+    def used(*trees: Any) -> Any:
+        return 1e-30 * sum(jnp.sum(x.astype(jnp.float32)) for t in trees for x in jax.tree.leaves(t))
 
     def reset(key):
         _, states = jax.vmap(env.reset)(jax.random.split(key, num_envs))
@@ -267,14 +253,14 @@ def env_rollout(env: Any, num_envs: int, steps: int, api: str) -> tuple[Any, Any
     def one_step(carry, key):
         states, total = carry
         k_act, k_env = jax.random.split(key)
-        actions = random_available_actions(k_act, jax.vmap(env._avail)(states))  # [E, N]
+        actions = random_available_actions(k_act, jax.vmap(avail)(states))  # [E, N]
         keys = jax.random.split(k_env, num_envs)
         if api == "array":
             ts, states = jax.vmap(env.step_arrays)(keys, states, actions)
-            return (states, total + jnp.sum(ts.reward)), None
+            return (states, total + jnp.sum(ts.reward) + used(ts.obs, ts.world_state, ts.avail)), None
         act = {a: actions[:, i] for i, a in enumerate(agents)}
-        _, states, rewards, _, _ = jax.vmap(env.step)(keys, states, act)
-        return (states, total + jnp.sum(rewards[agents[0]])), None
+        obs, states, rewards, _, _ = jax.vmap(env.step)(keys, states, act)
+        return (states, total + jnp.sum(rewards[agents[0]]) + used(obs)), None
 
     def rollout(states, key):
         (states, total), _ = jax.lax.scan(one_step, (states, jnp.zeros(())), jax.random.split(key, steps))
@@ -604,28 +590,6 @@ def add_seed_costs(rows: list[dict[str, Any]]) -> None:
 
 
 # ============================================================================== report
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table with aligned columns (cells formatted by the caller)."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
-
-
-def fmt_rate(x: float) -> str:
-    """A rate with a k/M suffix."""
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M"
-    if x >= 1e4:
-        return f"{x / 1e3:.0f}k"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f}k"
-    return f"{x:.0f}"
-
-
 def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
 
@@ -850,21 +814,11 @@ def run_bench(s: dict[str, Any], out: Path | None = None, command: str = "cromac
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.parent / (out.name + ".json"), out.parent / (out.name + ".md")
-    json_path.write_text(json.dumps(_finite(payload), indent=1) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(json_safe(payload), indent=1) + "\n", encoding="utf-8")
     md_path.write_text(md, encoding="utf-8")
     _log(log, "\n" + md)
     _log(log, f"wrote {json_path} and {md_path.name}")
     return payload
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _log(out: Any, line: str) -> None:

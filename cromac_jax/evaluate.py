@@ -61,6 +61,7 @@ import numpy as np
 from cromac_jax import attacks as A
 from cromac_jax import ibp
 from cromac_jax.config import Config, ConfigError
+from cromac_jax.reporting import json_safe
 from cromac_jax.networks import masked_argmax
 
 # checkpoint (orbax), runner/train (environments, jaxmarl) are imported inside the functions that
@@ -554,7 +555,7 @@ def eval_grid(
             w.writeheader()
             for r in rows:
                 w.writerow({k: ("" if v is None else v) for k, v in r.items() if k != "per_seed"})
-        paths["json"].write_text(json.dumps(_finite({
+        paths["json"].write_text(json.dumps(json_safe({
             "run_dir": str(run.run_dir),
             "step": run.step,
             "env": run.cfg.env.name,
@@ -572,15 +573,7 @@ def eval_grid(
     return rows
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, recursively (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+
 
 
 def _nanfloat(x: Any) -> float | None:

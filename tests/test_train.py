@@ -122,6 +122,20 @@ def test_mismatched_checkpoint_is_refused_clearly(tmp_path):
         checkpoint.restore(tmp_path / "missing", other.abstract_state())
 
 
+def _train_short_hallway(tmp_path, method, corridors, t_max, anneal, test_interval, robust_start):
+    """Train a hallway with the given corridors; (final test results, train records)."""
+    cfg = C.resolve({
+        "env": {"name": "hallway_4x5x6", "overrides": {"state_numbers": corridors}},
+        "train": {"method": method, "t_max": t_max, "num_envs": 8, "epsilon_anneal_time": anneal,
+                  "test_interval": test_interval, "test_nepisode": 64, "buffer_size": 500,
+                  "checkpoint_interval": 10**9},
+        "cromac": {"robust_start": robust_start},
+    })
+    res = runner.train(cfg, run_dir=tmp_path / method, out=None)
+    lines = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    return res.last_test, [ln for ln in lines if ln["kind"] == "train"]
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("method", ["qmix", "cromac"])
 def test_learns_a_short_hallway_to_a_high_win_rate(tmp_path, method):
@@ -129,20 +143,11 @@ def test_learns_a_short_hallway_to_a_high_win_rate(tmp_path, method):
     in on the same step (one alone fails the episode). Random play wins about 20% of episodes.
     Measured here: the greedy test win rate is 1.0 for both methods by 2,000 env steps (qmix 80 s,
     cromac 150 s of a loaded 2-core CPU for 6,000 steps)."""
-    cfg = C.resolve({
-        "env": {"name": "hallway_4x5x6", "overrides": {"state_numbers": [1, 1]}},
-        "train": {"method": method, "t_max": 3_000, "num_envs": 8, "epsilon_anneal_time": 1500,
-                  "test_interval": 1000, "test_nepisode": 64, "buffer_size": 500,
-                  "checkpoint_interval": 10**9},
-        "cromac": {"robust_start": 2000},
-    })
-    res = runner.train(cfg, run_dir=tmp_path / method, out=None)
-    lines = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
-    train = [ln for ln in lines if ln["kind"] == "train"]
+    test, train = _train_short_hallway(tmp_path, method, [1, 1], 3_000, 1500, 1000, robust_start=2000)
     assert np.mean(train[0]["won_mean"]) < 0.4  # it starts near random
-    assert np.mean(res.last_test["test_won_mean"]) >= 0.9
+    assert np.mean(test["test_won_mean"]) >= 0.9
     if method == "cromac":  # robust training is on by the end and keeps the policy
-        assert np.mean(res.last_test["test_fgsm_won_mean"]) >= 0.9
+        assert np.mean(test["test_fgsm_won_mean"]) >= 0.9
 
 
 @pytest.mark.slow
@@ -153,19 +158,10 @@ def test_learns_small_hallway_on_a_small_budget(tmp_path, method):
     step onto the goal together). Measured here: greedy test win rate 0.5-0.64 after 16-24k env
     steps for both qmix and cromac (the "both walk in" policy wins whenever they start equally
     far; beating it needs timing from the GRU or messages, which takes longer)."""
-    cfg = C.resolve({
-        "env": {"name": "hallway_4x5x6", "overrides": {"state_numbers": [2, 2]}},
-        "train": {"method": method, "t_max": 8_000, "num_envs": 8, "epsilon_anneal_time": 3000,
-                  "test_interval": 4000, "test_nepisode": 64, "buffer_size": 500,
-                  "checkpoint_interval": 10**9},
-        "cromac": {"robust_start": 4000},
-    })
-    res = runner.train(cfg, run_dir=tmp_path / method, out=None)
-    lines = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
-    train = [ln for ln in lines if ln["kind"] == "train"]
+    test, train = _train_short_hallway(tmp_path, method, [2, 2], 8_000, 3000, 4000, robust_start=4000)
     assert np.mean(train[0]["won_mean"]) < 0.2
     assert np.mean([np.mean(ln["won_mean"]) for ln in train[-5:]]) >= 0.3
-    assert np.mean(res.last_test["test_won_mean"]) >= 0.3
+    assert np.mean(test["test_won_mean"]) >= 0.3
 
 
 def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):

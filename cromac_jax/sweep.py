@@ -65,7 +65,7 @@ def sweep(
     seeds: int,
     overrides: list[str] | None = None,
     share: tuple[int, int] = (0, 1),
-    out: TextIO | None = sys.stdout,
+    out: TextIO | None | str = "stdout",
 ) -> list[dict[str, Any]]:
     """Train this process's share of the sweep, then write the summary of every finished run."""
     out_dir = Path(out_dir)
@@ -92,7 +92,7 @@ def _last_test(run_dir: Path) -> dict[str, Any] | None:
     return tests[-1] if tests else None
 
 
-def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None = sys.stdout) -> list[dict[str, Any]]:
+def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None | str = "stdout") -> list[dict[str, Any]]:
     """Final test results of every run in the sweep, mean ± std over seeds, as Markdown and JSON."""
     rows = []
     for r in runs:
@@ -130,6 +130,7 @@ def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None = sys.stdo
     return rows
 
 
-def _log(out: TextIO | None, line: str) -> None:
+def _log(out: TextIO | None | str, line: str) -> None:
+    out = sys.stdout if out == "stdout" else out  # resolved per call (tests replace sys.stdout)
     if out is not None:
         print(line, file=out, flush=True)

@@ -50,8 +50,6 @@ def _config_from_args(args: argparse.Namespace):
 
 def _join(args: argparse.Namespace) -> None:
     """``--distributed``: join the other processes before anything touches a JAX backend."""
-    if not getattr(args, "distributed", False):
-        return
     from cromac_jax import distributed
 
     distributed.initialize(distributed.DistributedSettings(
@@ -163,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cromac_jax.bench import prepare_parent
 
         prepare_parent()
-    if getattr(args, "distributed", False) and args.command == "train":
+    if args.command == "train" and args.distributed:
         # before the imports below: jaxmarl touches the XLA backend when imported
         from cromac_jax.config import ConfigError
         from cromac_jax.distributed import DistributedError

@@ -261,8 +261,6 @@ def _train(
         loss = np.asarray(summary["loss"])
         record = {"kind": "train", "chunk_seconds": dt, **summary}
         sink.write(record)
-        if primary:
-            _write_csv(run_dir / "metrics.csv", record)
         if on_chunk:
             on_chunk(record)
         rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
@@ -287,6 +285,7 @@ def _train(
     last_test = _test_summary(tests)
     sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
     checkpoint.save(mgr, int(np.min(t_env)), state)
+
     def pm(key: str, fmt: str) -> str:
         return f"{np.mean(last_test[key]):{fmt}} ± {np.std(last_test[key]):{fmt}}"
 
@@ -342,17 +341,20 @@ def append_record(path: Path, record: dict) -> None:
 
 
 class _MetricsSink:
-    """Where each chunk's record goes: ``metrics.jsonl`` (the record of the run) and, if
-    tensorboardX is installed, TensorBoard events. Only process 0 of a multi-process run writes."""
+    """Where each record goes: ``metrics.jsonl`` (the record of the run), ``metrics.csv`` (train
+    records, one row per seed) and, if tensorboardX is installed, TensorBoard events. Only process 0
+    of a multi-process run writes."""
 
     def __init__(self, run_dir: Path, primary: bool, tensorboard_on: bool):
-        self.path = run_dir / "metrics.jsonl" if primary else None
+        self.run_dir = run_dir if primary else None
         self.tb = tensorboard.open_writer(run_dir, tensorboard_on) if primary else None
 
     def write(self, record: dict) -> None:
-        if self.path is None:
+        if self.run_dir is None:
             return
-        append_record(self.path, record)
+        append_record(self.run_dir / "metrics.jsonl", record)
+        if record["kind"] == "train":
+            _write_csv(self.run_dir / "metrics.csv", record)
         if self.tb is not None:
             self.tb.record(record)
             self.tb.flush()

@@ -16,14 +16,32 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+import yaml
 
-from cromac_jax.config import ConfigError
+from cromac_jax.config import Config, ConfigError, from_dict
 
 CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(ValueError):
     """A missing, unreadable or mismatched checkpoint."""
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: str | Path) -> Config:
+    """The resolved config a run directory was trained with (data only: ``yaml.safe_load``).
+    Lives here, apart from the runner, so the CLI can read it before a JAX backend starts."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read {str(path)!r}: {e}".replace("\n", " ")) from None
+    return from_dict(data or {})
 
 
 def _quiet_orbax() -> None:

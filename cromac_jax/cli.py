@@ -56,19 +56,40 @@ def _join(args: argparse.Namespace) -> None:
         args.coordinator, args.num_processes, args.process_id, args.init_timeout, args.heartbeat_timeout))
 
 
+def _host_devices(args: argparse.Namespace, num_seeds: int) -> None:
+    """Fix the CPU device count for ``num_seeds`` seeds (``--cpu-devices``); must run before the
+    runner is imported, because importing it (jaxmarl) starts the JAX backend."""
+    from cromac_jax import host_devices
+
+    spec = args.cpu_devices
+    if spec == "auto" and getattr(args, "distributed", False):
+        spec = "off"  # each process's share of seeds is decided by the process layout
+    n = host_devices.apply(spec, num_seeds)
+    if n is not None:
+        print(f"cromac: {num_seeds} seed(s) over {n} CPU devices (--cpu-devices {args.cpu_devices}; "
+              f"no effect when an accelerator runs the job)", flush=True)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cromac_jax import runner
+    from cromac_jax import checkpoint
 
     if args.resume is not None:
-        cfg = runner.read_config(args.resume)
+        cfg = checkpoint.read_config(args.resume)
+        _host_devices(args, cfg.train.num_seeds)
+        from cromac_jax import runner
+
         runner.train(cfg, run_dir=args.resume, resume=True)
         return 0
     cfg = _config_from_args(args)
+    _host_devices(args, cfg.train.num_seeds)
+    from cromac_jax import runner
+
     runner.train(cfg, run_dir=args.run_dir)
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    _host_devices(args, args.seeds)
     from cromac_jax import sweep
 
     extra = list(args.overrides)
@@ -99,6 +120,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-envs", dest="num_envs", type=int, help="parallel envs per seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set cromac.eps=0.1 (repeatable)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. cromac.eps=0.1")
+    _add_cpu_devices_arg(p)
+
+
+def _add_cpu_devices_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu-devices", dest="cpu_devices", default="auto", metavar="auto|off|N",
+                   help="split a CPU host into N JAX devices so the seeds run on every core (default auto: "
+                        "chosen from the seed count and the cores; off: one device; ignored on GPU/TPU "
+                        "and when XLA_FLAGS sets --xla_force_host_platform_device_count)")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="I/N: train only every N-th run starting at I; 'auto' reads the process index and count "
                         "from JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM or Open MPI (one sweep over many processes)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
+    _add_cpu_devices_arg(p)
     p.set_defaults(func=_cmd_sweep)
 
     from cromac_jax.evaluate import add_eval_parser
@@ -171,26 +201,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, DistributedError) as e:
             print(f"cromac: error: {e}", file=sys.stderr)
             return 2
-    from cromac_jax.checkpoint import CheckpointError
-    from cromac_jax.config import ConfigError
-    from cromac_jax.distributed import DistributedError
-    from cromac_jax.runner import TrainingError
-    from envs import EnvConfigError
-
     try:
         return int(args.func(args) or 0)
-    except DistributedError as e:
-        # A peer is gone: JAX's shutdown barrier would wait for it and then abort with pages of
-        # C++ logs, so leave right after the one line that says what happened.
-        print(f"cromac: error: {e}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(3)
-    except (ConfigError, EnvConfigError, CheckpointError, TrainingError) as e:
-        print(f"cromac: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("cromac: interrupted; the latest checkpoint is kept (continue with cromac train --resume RUN_DIR)", file=sys.stderr)
         return 130
+    except Exception as e:
+        from cromac_jax.distributed import DistributedError
+
+        if isinstance(e, DistributedError):
+            # A peer is gone: JAX's shutdown barrier would wait for it and then abort with pages of
+            # C++ logs, so leave right after the one line that says what happened.
+            print(f"cromac: error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(3)
+        if isinstance(e, _one_line_errors()):
+            print(f"cromac: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """The user-facing errors, imported only once one happened: importing the runner or the envs
+    starts a JAX backend (jaxmarl), which must wait until ``--cpu-devices`` is applied."""
+    from cromac_jax.checkpoint import CheckpointError
+    from cromac_jax.config import ConfigError
+    from cromac_jax.runner import TrainingError
+    from envs import EnvConfigError
+
+    return (ConfigError, EnvConfigError, CheckpointError, TrainingError)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import jax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
-import yaml
 
 from cromac_jax import attacks, checkpoint, tensorboard
-from cromac_jax.config import Config, ConfigError, from_dict
+from cromac_jax.checkpoint import read_config, write_config
+from cromac_jax.config import Config, ConfigError
 from cromac_jax.distributed import DistributedError
 from cromac_jax.train import Trainer, make_train, seed_keys
 
@@ -44,17 +44,6 @@ class RunResult:
 def default_run_dir(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(cfg.train.run_dir) / f"{cfg.env.name}_{cfg.train.method}_{cfg.model.mixer}_{stamp}"
-
-
-def write_config(run_dir: Path, cfg: Config) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def read_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise checkpoint.CheckpointError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
-    return from_dict(yaml.safe_load(path.read_text()) or {})
 
 
 def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding | None:
@@ -239,8 +228,9 @@ def _train(
     next_ckpt = (int(t_env.min()) // t.checkpoint_interval + 1) * t.checkpoint_interval
     last_test: dict[str, Any] = {}
     chunks = 0
+    layout = "" if runner.sharding is None else f" over {runner.sharding.mesh.size} {jax.devices()[0].platform} devices"
     _log(out, f"training {cfg.train.method} ({cfg.model.mixer} mixer) on {cfg.env.name}: "
-              f"{t.num_seeds} seed(s), {t.num_envs} envs each, t_max {t.t_max:,}; run dir {run_dir}")
+              f"{t.num_seeds} seed(s){layout}, {t.num_envs} envs each, t_max {t.t_max:,}; run dir {run_dir}")
     compile_t0 = time.time()
     while int(np.min(t_env)) < t.t_max:
         if int(np.min(t_env)) >= next_test:

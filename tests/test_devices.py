@@ -53,3 +53,86 @@ def test_two_forced_cpu_devices_shard_seeds_and_match_one_device():
     assert np.asarray(metrics.updates).tolist() == res["updates"]
     for mine, theirs in zip(jax.tree.leaves(state.params), res["params"]):
         np.testing.assert_allclose(np.asarray(mine).ravel(), np.asarray(theirs), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ --cpu-devices (host_devices)
+
+from cromac_jax import host_devices  # noqa: E402
+from cromac_jax.config import ConfigError  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "seeds, cores, devices",
+    [(1, 2, 1), (2, 2, 2), (5, 2, 5), (8, 2, 2), (16, 2, 2), (3, 1, 1), (6, 4, 3), (64, 16, 16), (7, 16, 7)],
+)
+def test_plan_picks_the_divisor_with_fewest_rounds(seeds, cores, devices):
+    assert host_devices.plan(seeds, cores) == devices
+    assert seeds % devices == 0
+
+
+@pytest.mark.parametrize("spec", ["x", "0", "-2", "2.5", ""])
+def test_bad_cpu_devices_is_one_config_error(spec):
+    with pytest.raises(ConfigError, match="--cpu-devices must be auto, off or a positive integer"):
+        host_devices.parse(spec)
+
+
+def test_apply_after_the_backend_started_changes_nothing_or_refuses():
+    jax.devices()  # this test process's backend is running
+    assert host_devices.apply("auto", 8, cores=2) is None  # a library caller: quietly unchanged
+    assert host_devices.apply("off", 8) is None
+    n = len(jax.devices("cpu"))
+    assert host_devices.apply(str(n), n) == n  # asking for what runs already is fine
+    with pytest.raises(ConfigError, match="already running"):
+        host_devices.apply(str(n + 1), n + 1)
+
+
+DEVICES_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from cromac_jax import host_devices
+    n = host_devices.apply(sys.argv[1], int(sys.argv[2]), cores=int(sys.argv[3]))
+    import jax
+    print("RESULT", n, len(jax.devices()))
+    """
+)
+
+
+def _devices_run(spec, seeds, cores, xla_flags=""):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+    proc = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, spec, str(seeds), str(cores)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split("RESULT", 1)[1].split()
+
+
+@pytest.mark.timeout(300)
+def test_apply_sets_the_host_device_count_before_jax_starts():
+    assert _devices_run("auto", 8, 2) == ["2", "2"]
+    assert _devices_run("auto", 5, 2) == ["5", "5"]
+    assert _devices_run("auto", 1, 2) == ["None", "1"]
+    assert _devices_run("off", 8, 2) == ["None", "1"]
+    assert _devices_run("4", 8, 2) == ["4", "4"]
+    # the user's own XLA flag wins over auto
+    assert _devices_run("auto", 8, 2, "--xla_force_host_platform_device_count=3") == ["None", "3"]
+
+
+@pytest.mark.timeout(600)
+def test_cli_train_lays_seeds_over_cpu_devices(tmp_path):
+    argv = ["train", "--run-dir", str(tmp_path / "r"), "--seeds", "2", "--cpu-devices", "2", "--t-max", "100",
+            "--num-envs", "2", "train.buffer_size=16", "train.batch_size=2", "train.learning_starts=2",
+            "train.chunk_iterations=2", "train.test_nepisode=2", "model.rnn_hidden=4", "model.z_dim=4",
+            "model.vae_hidden=4", "--env", "hallway_3x3x4x4"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "cromac_jax.cli", *argv], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 seed(s) over 2 CPU devices" in proc.stdout and "done in" in proc.stdout
+    assert "2 seed(s) over 2 cpu devices, 2 envs each" in proc.stdout  # the runner's header: it took effect
+    # a count that does not divide the seeds is one line, before anything is trained
+    proc = subprocess.run([sys.executable, "-m", "cromac_jax.cli", *argv[:5], "--cpu-devices", "3", "--resume",
+                           str(tmp_path / "r")], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "does not divide train.num_seeds=2" in proc.stderr, proc.stderr[-500:]
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -356,7 +356,8 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
                          "env_steps": steps[-1] if steps else 0, "t_max": t_max, "seeds": cfg.train.num_seeds,
                          "certified": ours["certified"] if ours else None, "config_eps": cfg.cromac.eps,
                          "robust_start": cfg.cromac.robust_start if r.method == "cromac" else None,
-                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(run_dir)})
+                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(run_dir),
+                         "last_test": sweep.last_test(run_dir)})
 
     # ---- figures
     figures: dict[str, str] = {}
@@ -394,6 +395,13 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
     _log(out, "\n" + md)
     _log(out, f"wrote {results_dir / (stem + '.md')}, {stem}.json" + "".join(f", {f}" for f in figures.values()))
     return payload
+
+
+def _latest(test: dict[str, Any] | None) -> str:
+    if not test:
+        return "—"
+    fgsm = f"{test['test_fgsm_won_mean']:.2f}" if "test_fgsm_won_mean" in test else "—"
+    return f"{test['test_won_mean']:.2f} / {fgsm} at {test['t_env']:,}" if "test_won_mean" in test else "—"
 
 
 def _sum(values: Any) -> float | None:
@@ -463,10 +471,14 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
                                  "—" if c["margin"] is None else f"{c['margin']:+.2f}", c["status"]] for c in p["checks"]]),
               ""]
     lines += ["## Runs", "",
-              B.markdown_table(["run", "status", "env steps", "seeds", "certified @ eps", "train wall", "eval wall"],
-                               [[r["run"], r["status"], f"{r['env_steps']:,} / {r['t_max']:,}", r["seeds"],
+              B.markdown_table(["run", "status", "env steps", "seeds", "latest test: natural / FGSM", "certified @ eps",
+                                "train wall", "eval wall"],
+                               [[r["run"], r["status"], f"{r['env_steps']:,} / {r['t_max']:,}", r["seeds"], _latest(r.get("last_test")),
                                  "—" if r["certified"] is None else f"{r['certified']:.3f}",
                                  _fmt_time(r["train_s"]), _fmt_time(r["eval_s"])] for r in p["runs"]]),
+              "",
+              "latest test: the last in-training test (20 greedy episodes per seed, FGSM at eps), mean over seeds, at "
+              "the env steps shown: progress of runs still training, not Table-1 numbers.",
               "",
               f"Wall time: training {_fmt_time(p['wall']['train_s'])}, evaluation {_fmt_time(p['wall']['eval_s'])} (sums over "
               f"the sessions that ran them, compile included); this session {_fmt_time(p['wall']['this_session_s'])}. "

@@ -84,34 +84,39 @@ def sweep(
     return summarise(out_dir, runs, out)
 
 
-def _last_test(run_dir: Path) -> dict[str, Any] | None:
+def last_test(run_dir: Path) -> dict[str, Any] | None:
+    """The latest test record of a run, reduced over seeds: ``t_env`` (the slowest seed's), ``seeds``,
+    and the mean and std over seeds of the test win rate, return and FGSM win rate; None before
+    the first test. A run still training reports where it is now."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
     tests = [json.loads(line) for line in path.read_text().splitlines() if '"kind": "test"' in line]
-    return tests[-1] if tests else None
+    if not tests:
+        return None
+    test = tests[-1]
+    row: dict[str, Any] = {"t_env": int(np.min(test["t_env"])), "seeds": len(test["t_env"])}
+    for key in ("test_won_mean", "test_return_mean", "test_fgsm_won_mean"):
+        if key in test:
+            v = np.asarray(test[key], dtype=float)
+            row[key] = float(v.mean())
+            row[key + "_std"] = float(v.std())
+    return row
 
 
 def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None | str = "stdout") -> list[dict[str, Any]]:
     """Final test results of every run in the sweep, mean ± std over seeds, as Markdown and JSON."""
     rows = []
     for r in runs:
-        test = _last_test(out_dir / r.name)
+        test = last_test(out_dir / r.name)
         if test is None:
             rows.append({"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": "missing"})
             continue
-        t_env = int(np.min(test["t_env"]))
         t_max = runner.read_config(out_dir / r.name).train.t_max
         # a run still training (here or in another process's share) is shown, never as finished
-        status = "ok" if t_env >= t_max else "partial"
-        row = {"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": status,
-               "t_env": t_env, "t_max": t_max, "seeds": len(test["t_env"])}
-        for key in ("test_won_mean", "test_return_mean", "test_fgsm_won_mean"):
-            if key in test:
-                v = np.asarray(test[key], dtype=float)
-                row[key] = float(v.mean())
-                row[key + "_std"] = float(v.std())
-        rows.append(row)
+        status = "ok" if test["t_env"] >= t_max else "partial"
+        rows.append({"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": status,
+                     "t_max": t_max, **test})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
     lines = ["| run | seeds | env steps | won (clean) | won (FGSM) | return |", "|---|---|---|---|---|---|"]

@@ -229,6 +229,16 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     qmix = sweep.SweepRun("hallway_4x5x6", "qmix", "qmix")
     cfg = sweep.run_config(qmix, overrides + ["train.t_max=600"], 2)
     runner.train(cfg, run_dir=tmp_path / "runs" / qmix.name, out=None, max_chunks=2)
+    # --table-only on runs in progress: their status and latest in-training test, nothing trained
+    interim = t1.main(argv + ["--table-only"], out=None)["hallway_4x5x6"]
+    by_run = {r["method"]: r for r in interim["runs"]}
+    assert by_run["cromac"]["status"] == "not started" and by_run["cromac"]["last_test"] is None
+    assert by_run["qmix"]["status"] == "partial" and by_run["qmix"]["last_test"]["seeds"] == 2
+    assert 0.0 <= by_run["qmix"]["last_test"]["test_won_mean"] <= 1.0 and interim["ours"] == {}
+    tag = bench.hardware_tag()
+    interim_md = (tmp_path / "results" / f"table1_hallway_4x5x6_{tag}.md").read_text()
+    assert "latest test: natural / FGSM" in interim_md and f"at {by_run['qmix']['last_test']['t_env']:,}" in interim_md
+    assert not (tmp_path / "runs" / "hallway_4x5x6_cromac_qmix").exists()
     first = io.StringIO()
     report = t1.main(argv, out=first)["hallway_4x5x6"]
     assert "hallway_4x5x6_cromac_qmix: starting" in first.getvalue()

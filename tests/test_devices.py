@@ -51,7 +51,7 @@ def test_two_forced_cpu_devices_shard_seeds_and_match_one_device():
     assert sr.sharding is None  # this process has one device
     state, metrics = sr.chunk(sr.init_state())
     assert np.asarray(metrics.updates).tolist() == res["updates"]
-    for mine, theirs in zip(jax.tree.leaves(state.params), res["params"]):
+    for mine, theirs in zip(jax.tree.leaves(state.params), res["params"], strict=True):
         np.testing.assert_allclose(np.asarray(mine).ravel(), np.asarray(theirs), rtol=1e-4, atol=1e-5)
 
 

@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cromac_jax import attacks, sweep  # noqa: E402
+from cromac_jax import attacks, host_devices, sweep  # noqa: E402
+from cromac_jax.reporting import usable_cores  # noqa: E402
 from cromac_jax import bench as B  # noqa: E402
 from cromac_jax.config import METHODS, ConfigError  # noqa: E402
 
@@ -516,6 +517,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--table-only", dest="table_only", action="store_true", help="train and evaluate nothing: rebuild the tables")
     p.add_argument("--progress-every", dest="progress_every", type=float, default=60.0,
                    help="seconds between overall progress lines (default 60)")
+    p.add_argument("--cpu-devices", dest="cpu_devices", default="auto", metavar="auto|off|N",
+                   help="split a CPU host into devices for the seeds, as `cromac train --cpu-devices` (default auto: "
+                        "from the seed count and this process's share of the cores, cores / N of --share I/N)")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides for every run (e.g. for a smoke test)")
     args = p.parse_args(argv)
     import envs
@@ -538,6 +542,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
     t0 = time.time()
+    try:  # before anything starts a JAX backend (the hardware tag names the device)
+        n = host_devices.apply(args.cpu_devices, args.seeds, cores=max(1, usable_cores() // args.share_count))
+    except ConfigError as e:
+        raise SystemExit(f"reproduce_table1: error: {e}") from None
+    if n is not None:
+        _log(out, f"{args.seeds} seeds per run over {n} CPU devices (--cpu-devices {args.cpu_devices})")
     tag = B.hardware_tag()
     overrides = list(args.overrides) + ([f"train.t_max={args.t_max}"] if args.t_max is not None else [])
     runs_dir = args.runs_dir or ROOT / "runs" / f"table1_{tag}" / ("paper" if args.t_max is None else f"t{args.t_max}")

@@ -56,15 +56,17 @@ def _join(args: argparse.Namespace) -> None:
         args.coordinator, args.num_processes, args.process_id, args.init_timeout, args.heartbeat_timeout))
 
 
-def _host_devices(args: argparse.Namespace, num_seeds: int) -> None:
+def _host_devices(args: argparse.Namespace, num_seeds: int, processes_here: int = 1) -> None:
     """Fix the CPU device count for ``num_seeds`` seeds (``--cpu-devices``); must run before the
-    runner is imported, because importing it (jaxmarl) starts the JAX backend."""
+    runner is imported, because importing it (jaxmarl) starts the JAX backend. ``processes_here``:
+    how many processes share this host's cores (a sweep split with ``--share I/N``)."""
     from cromac_jax import host_devices
+    from cromac_jax.reporting import usable_cores
 
     spec = args.cpu_devices
     if spec == "auto" and getattr(args, "distributed", False):
         spec = "off"  # each process's share of seeds is decided by the process layout
-    n = host_devices.apply(spec, num_seeds)
+    n = host_devices.apply(spec, num_seeds, cores=max(1, usable_cores() // processes_here))
     if n is not None:
         print(f"cromac: {num_seeds} seed(s) over {n} CPU devices (--cpu-devices {args.cpu_devices}; "
               f"no effect when an accelerator runs the job)", flush=True)
@@ -89,9 +91,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    _host_devices(args, args.seeds)
-    from cromac_jax import sweep
-
     extra = list(args.overrides)
     if args.t_max is not None:
         extra.append(f"train.t_max={args.t_max}")
@@ -106,6 +105,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             index, count = (int(x) for x in args.share.split("/"))
         except ValueError:
             raise SystemExit(f"cromac sweep: --share must look like I/N or auto, got {args.share!r}") from None
+    _host_devices(args, args.seeds, processes_here=max(1, count))
+    from cromac_jax import sweep
+
     sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count))
     return 0
 

@@ -61,7 +61,7 @@ def resolve_settings(settings: DistributedSettings) -> DistributedSettings:
     pid = settings.process_id if settings.process_id is not None else _env_int("JAX_PROCESS_ID")
     explicit = [x is not None for x in (coord, n, pid)]
     if any(explicit) and not all(explicit):
-        missing = [name for name, ok in zip(("coordinator address", "number of processes", "process id"), explicit) if not ok]
+        missing = [name for name, ok in zip(("coordinator address", "number of processes", "process id"), explicit, strict=True) if not ok]
         raise ConfigError(
             f"--distributed needs the coordinator address, the number of processes and this process's id "
             f"together (or none of them, under SLURM/Open MPI); missing: {', '.join(missing)}"

@@ -78,12 +78,12 @@ def apply(spec: str, num_seeds: int, cores: int | None = None) -> int | None:
             return None
     else:
         n = choice
-        if started and len(jax.devices("cpu")) != n:
-            raise ConfigError(f"--cpu-devices {n}: a JAX backend is already running with "
-                              f"{len(jax.devices('cpu'))} CPU device(s); set it before anything uses jax")
         if n > 1 and num_seeds % n:
             raise ConfigError(f"--cpu-devices {n} does not divide train.num_seeds={num_seeds}; "
                               f"use a divisor (auto picks {plan(num_seeds, cores or usable_cores())})")
+        if started and len(jax.devices("cpu")) != n:
+            raise ConfigError(f"--cpu-devices {n}: a JAX backend is already running with "
+                              f"{len(jax.devices('cpu'))} CPU device(s); set it before anything uses jax")
     if not started:
         jax.config.update("jax_num_cpu_devices", n)
     return n

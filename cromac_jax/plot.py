@@ -389,7 +389,7 @@ def learning_curves_figure(curves: Sequence[RunCurves], metric: str = "won") -> 
     fig, axes = _new_figure(len(envs))
     any_attacked = False
     seeds_of: dict[str, set[int]] = {}
-    for ax, env in zip(axes, envs):
+    for ax, env in zip(axes, envs, strict=False):
         here = [c for c in curves if c.env == env]
         for lab in _order(c.label for c in here):
             group = [c for c in here if c.label == lab]
@@ -524,7 +524,7 @@ def default_out_dir(run_dirs: Sequence[str | Path]) -> Path:
 def _common_parts(paths: Sequence[Path]) -> list[str]:
     parts = [p.parts for p in paths]
     out = []
-    for items in zip(*parts):
+    for items in zip(*parts, strict=False):
         if len(set(items)) != 1:
             break
         out.append(items[0])

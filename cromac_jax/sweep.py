@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from cromac_jax import checkpoint, config, runner
+from cromac_jax import checkpoint, config
 from cromac_jax.config import ConfigError
 
 
@@ -68,6 +68,8 @@ def sweep(
     out: TextIO | None | str = "stdout",
 ) -> list[dict[str, Any]]:
     """Train this process's share of the sweep, then write the summary of every finished run."""
+    from cromac_jax import runner  # here, not at the top: importing it starts a JAX backend (jaxmarl)
+
     out_dir = Path(out_dir)
     runs = plan(envs, methods, mixers)
     cfgs = {r: run_config(r, overrides or [], seeds) for r in runs}  # validate everything first
@@ -112,7 +114,7 @@ def summarise(out_dir: Path, runs: list[SweepRun], out: TextIO | None | str = "s
         if test is None:
             rows.append({"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": "missing"})
             continue
-        t_max = runner.read_config(out_dir / r.name).train.t_max
+        t_max = checkpoint.read_config(out_dir / r.name).train.t_max
         # a run still training (here or in another process's share) is shown, never as finished
         status = "ok" if test["t_env"] >= t_max else "partial"
         rows.append({"run": r.name, "env": r.env, "method": r.method, "mixer": r.mixer, "status": status,

@@ -273,3 +273,12 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert again["ours"] == data["ours"]
     walls = [t1.read_wall(tmp_path / "runs" / r) for r in ("hallway_4x5x6_cromac_qmix", "hallway_4x5x6_qmix_qmix")]
     assert all(w["train_sessions"] == 1 and w["eval_sessions"] == 1 for w in walls)  # the partial run was not timed
+
+
+def test_reproduce_table1_bad_cpu_devices_is_one_line_before_anything_runs(tmp_path):
+    t1 = _table1()
+    with pytest.raises(SystemExit, match="reproduce_table1: error: --cpu-devices must be auto, off or a positive"):
+        t1.main(["--cpu-devices", "many", "--runs-dir", str(tmp_path / "runs")], out=None)
+    with pytest.raises(SystemExit, match="does not divide train.num_seeds=5"):
+        t1.main(["--cpu-devices", "2", "--runs-dir", str(tmp_path / "runs")], out=None)
+    assert not (tmp_path / "runs").exists()

@@ -65,6 +65,11 @@ class CromacConfig:
     vae_loss_weight: float = 0.1
     poe_loss_weight: float = 0.001
     robust_start: int = 700_000
+    #: env steps from which the message encoder's weights are clamped to +-weight_clamp; -1 (the
+    #: official code): together with robust training, at robust_start. Clamping from 0 keeps the
+    #: encoder inside the box the certificate assumes from the start instead of cutting weights
+    #: that grew to ~10 down to 0.1 at robust_start (which collapses the PoE test policy; README).
+    clamp_start: int = -1
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ def _validate(cfg: Config) -> None:
     for name in ("robust_weight", "vae_loss_weight", "poe_loss_weight"):
         _check(getattr(c, name) >= 0, f"cromac.{name}", getattr(c, name), "must be >= 0")
     _check(c.robust_start >= 0, "cromac.robust_start", c.robust_start, "must be >= 0")
+    _check(c.clamp_start >= -1, "cromac.clamp_start", c.clamp_start, "must be >= 0, or -1 for 'at robust_start'")
     for name in ("num_seeds", "t_max", "num_envs", "batch_size", "buffer_size", "target_update_interval", "test_interval", "checkpoint_interval"):
         _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
     for name in ("updates_per_iteration", "chunk_iterations", "test_nepisode", "epsilon_anneal_time", "learning_starts", "seed"):

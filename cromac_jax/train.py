@@ -137,6 +137,11 @@ class Trainer:
     def robust_on(self, t_env: jax.Array) -> jax.Array:
         return jnp.logical_and(self.model.method.robust, t_env >= self.cfg.cromac.robust_start)
 
+    def clamp_on(self, t_env: jax.Array) -> jax.Array:
+        """Whether the message-encoder clamp applies (``cromac.clamp_start``; -1: with robust training)."""
+        start = self.cfg.cromac.clamp_start
+        return self.robust_on(t_env) if start < 0 else jnp.logical_and(self.model.method.robust, t_env >= start)
+
     # ------------------------------------------------------------------ acting
     def _train_act(self, params: Params, epsilon: jax.Array) -> Callable:
         """Epsilon-greedy on training-time Q (CroMAC: z sampled from the state encoder)."""
@@ -185,7 +190,7 @@ class Trainer:
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = self.optimiser.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        params = clamp_message_encoder(params, self.cfg.cromac.weight_clamp, robust_on)
+        params = clamp_message_encoder(params, self.cfg.cromac.weight_clamp, self.clamp_on(state.t_env))
         n_updates = state.updates + 1
         sync = n_updates % self.cfg.train.target_update_interval == 0
         target = jax.tree.map(lambda new, old: jnp.where(sync, new, old), params, state.target_params)

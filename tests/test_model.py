@@ -191,6 +191,24 @@ def test_clamp_holds_after_a_training_update():
     assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(state.params["agent"])) > 0.05
 
 
+@pytest.mark.parametrize("clamp_start, robust_start, clamped", [(-1, 10**9, False), (0, 10**9, True), (-1, 0, True),
+                                                                 (10**9, 0, False)])
+def test_clamp_starts_at_clamp_start_or_with_robust_training(clamp_start, robust_start, clamped):
+    from cromac_jax.train import make_train
+
+    cfg = C.from_dict({"train": {"method": "cromac", "num_envs": 2, "batch_size": 2, "learning_starts": 2,
+                                 "buffer_size": 8, "updates_per_iteration": 1, "chunk_iterations": 1},
+                       "cromac": {"robust_start": robust_start, "clamp_start": clamp_start, "weight_clamp": 0.05}})
+    tr = make_train(cfg)
+    state = tr.init(jax.random.PRNGKey(0))
+    assert bool(tr.robust_on(state.t_env)) == (robust_start == 0)  # the robust loss keeps its own start
+    state, _ = jax.jit(tr.iteration)(state)
+    biggest = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(state.params["msg_enc"]))
+    assert (biggest <= 0.05 + 1e-7) == clamped
+    with pytest.raises(C.ConfigError, match="cromac.clamp_start"):
+        C.from_dict({"cromac": {"clamp_start": -2}})
+
+
 @pytest.mark.parametrize("mixer", ["qmix", "vdn", "qplex"])
 def test_mixers_are_monotone_in_every_agent_utility(mixer):
     m, _ = model_for("qmix", mixer)

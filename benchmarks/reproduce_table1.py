@@ -33,8 +33,9 @@ Outputs, in ``--results-dir`` (default ``benchmarks/results``), per env, named a
 the differences, the checks of issue 7 -- the paper's ordering, its targets -- the runs with their
 wall times, the figures), ``table1_<env>_<hardware>.json`` (the same as data) and the learning
 curves ``table1_<env>_<hardware>_curves.png`` and ``..._budget.png`` (``cromac_jax.plot``). Wall
-times are kept per run in ``<run dir>/table1_wall.json`` and summed over the sessions that
-trained and evaluated it. The runs go to ``--runs-dir`` (default
+times are kept per run in ``<run dir>/table1_wall.json``, summed over the sessions that
+trained and evaluated it and written after every chunk (a killed process loses at most its last
+chunk's time; runs trained before this ledger existed show "?"). The runs go to ``--runs-dir`` (default
 ``runs/table1_<hardware>/<paper | t<t_max>>``).
 """
 
@@ -140,11 +141,13 @@ def read_wall(run_dir: Path) -> dict[str, float]:
         return {}
 
 
-def add_wall(run_dir: Path, key: str, seconds: float) -> None:
-    """Add ``seconds`` to ``key`` (train_s / eval_s) of the run's wall-time ledger."""
+def add_wall(run_dir: Path, key: str, seconds: float, new_session: bool = True) -> None:
+    """Add ``seconds`` to ``key`` (train_s / eval_s) of the run's wall-time ledger; ``new_session``
+    counts one more session that worked on it."""
     wall = read_wall(run_dir)
     wall[key] = wall.get(key, 0.0) + seconds
-    wall[key.replace("_s", "_sessions")] = wall.get(key.replace("_s", "_sessions"), 0) + 1
+    if new_session:
+        wall[key.replace("_s", "_sessions")] = wall.get(key.replace("_s", "_sessions"), 0) + 1
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / WALL_FILE).write_text(json.dumps(wall, indent=1))
 
@@ -215,12 +218,21 @@ def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides
         resume = bool(saved_steps(run_dir))
         _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(done[r], ',') if resume else 'starting'}")
         progress.start_run(r.name, i, len(runs), done[r] * cfg.train.num_seeds)
-        t0 = time.time()
+        # The ledger grows after every chunk, so a process killed outright (SIGKILL, the end of a
+        # session) loses at most one chunk of wall time rather than all of it.
+        add_wall(run_dir, "train_s", 0.0)
+        last = [time.time()]
+
+        def on_chunk(rec, t_max=cfg.train.t_max, run_dir=run_dir, last=last):
+            now = time.time()
+            add_wall(run_dir, "train_s", now - last[0], new_session=False)
+            last[0] = now
+            progress.chunk(rec, t_max)
+
         try:
-            runner.train(cfg, run_dir=run_dir, resume=resume, out=out,
-                         on_chunk=lambda rec, t_max=cfg.train.t_max: progress.chunk(rec, t_max))
+            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, on_chunk=on_chunk)
         finally:
-            add_wall(run_dir, "train_s", time.time() - t0)
+            add_wall(run_dir, "train_s", time.time() - last[0], new_session=False)
     if progress.name:
         progress.show(force=True)
 

@@ -66,9 +66,9 @@ class CromacConfig:
     poe_loss_weight: float = 0.001
     robust_start: int = 700_000
     #: env steps from which the message encoder's weights are clamped to +-weight_clamp; -1 (the
-    #: official code): together with robust training, at robust_start. Clamping from 0 keeps the
-    #: encoder inside the box the certificate assumes from the start instead of cutting weights
-    #: that grew to ~10 down to 0.1 at robust_start (which collapses the PoE test policy; README).
+    #: official code): together with robust training, at robust_start. An experiment knob for the
+    #: PoE collapse at robust_start (README, Results): clamping from 0 keeps the encoder inside the
+    #: certificate's box throughout, but on hallway it starved the PoE from the start (measured).
     clamp_start: int = -1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def _train(
             write_config(run_dir, cfg)
         state = runner.init_state()
     mgr = checkpoint.manager(run_dir)
-    sink = _MetricsSink(run_dir, primary, cfg.train.tensorboard)
+    sink = _MetricsSink(run_dir, primary, cfg.train.tensorboard, to_host(state.t_env) if resume else None)
 
     t_env = to_host(state.t_env)
     next_test = (int(t_env.min()) // t.test_interval + 1) * t.test_interval if resume else 0
@@ -324,6 +325,38 @@ def _write_csv(path: Path, record: dict) -> None:
             f.write(f"{seed}," + ",".join(repr(float(record[k][seed])) for k in CSV_FIELDS) + "\n")
 
 
+def drop_records_after(run_dir: Path, t_env: np.ndarray) -> int:
+    """Before a resumed run writes, remove the records a stopped process wrote after the
+    checkpoint it resumes from (any seed past ``t_env``, the restored per-seed steps): the resumed
+    run writes those steps again, and the files must hold one history, the one that continues.
+    Files are replaced atomically (a crash here keeps the old ones). Returns how many were dropped."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    limit = np.asarray(t_env)
+
+    def before(line: str) -> bool:
+        steps = np.asarray(json.loads(line).get("t_env", []))
+        return steps.shape != limit.shape or bool(np.all(steps <= limit))
+
+    keep = [ln for ln in lines if ln.strip() and before(ln)]
+    if len(keep) == len(lines):
+        return 0
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    csv_path, csv_tmp = run_dir / "metrics.csv", run_dir / "metrics.csv.tmp"
+    csv_tmp.unlink(missing_ok=True)
+    for ln in keep:
+        record = json.loads(ln)
+        if record.get("kind") == "train":
+            _write_csv(csv_tmp, record)
+    os.replace(tmp, path)
+    if csv_tmp.exists():
+        os.replace(csv_tmp, csv_path)
+    return len(lines) - len(keep)
+
+
 def append_record(path: Path, record: dict) -> None:
     """One JSON line of ``metrics.jsonl`` (train records per chunk, test records per test)."""
     with path.open("a") as f:
@@ -335,9 +368,13 @@ class _MetricsSink:
     records, one row per seed) and, if tensorboardX is installed, TensorBoard events. Only process 0
     of a multi-process run writes."""
 
-    def __init__(self, run_dir: Path, primary: bool, tensorboard_on: bool):
+    def __init__(self, run_dir: Path, primary: bool, tensorboard_on: bool, resumed_t_env: np.ndarray | None = None):
         self.run_dir = run_dir if primary else None
-        self.tb = tensorboard.open_writer(run_dir, tensorboard_on) if primary else None
+        purge = None
+        if primary and resumed_t_env is not None:
+            drop_records_after(run_dir, resumed_t_env)
+            purge = int(np.min(resumed_t_env)) + 1
+        self.tb = tensorboard.open_writer(run_dir, tensorboard_on, purge) if primary else None
 
     def write(self, record: dict) -> None:
         if self.run_dir is None:

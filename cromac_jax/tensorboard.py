@@ -27,11 +27,13 @@ def available() -> bool:
 class Writer:
     """A thin wrapper that turns one metrics record (lists over seeds) into scalars."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None):
         from tensorboardX import SummaryWriter
 
         self.path = Path(run_dir) / TB_DIR
-        self._w = SummaryWriter(logdir=str(self.path), flush_secs=30)
+        # purge_step: TensorBoard hides the earlier session's events from this step on (a resumed
+        # run rewrites the steps after its checkpoint)
+        self._w = SummaryWriter(logdir=str(self.path), flush_secs=30, purge_step=purge_step)
 
     def record(self, record: dict[str, Any]) -> None:
         kind = record.get("kind", "train")
@@ -58,5 +60,5 @@ class Writer:
         self._w.close()
 
 
-def open_writer(run_dir: str | Path, enabled: bool) -> Writer | None:
-    return Writer(run_dir) if enabled and available() else None
+def open_writer(run_dir: str | Path, enabled: bool, purge_step: int | None = None) -> Writer | None:
+    return Writer(run_dir, purge_step) if enabled and available() else None

@@ -65,8 +65,18 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     full = runner.train(cfg, run_dir=tmp_path / "full", out=None)
     part = runner.train(cfg, run_dir=tmp_path / "part", out=None, max_chunks=2)
     assert part.chunks == 2 and np.all(part.t_env < full.t_env)
+    # a process killed after its checkpoint leaves records the resumed run will write again
+    full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    dead = [ln for ln in full_lines if np.any(np.asarray(ln["t_env"]) > part.t_env)][:3]
+    assert dead
+    for ln in dead:
+        runner.append_record(tmp_path / "part" / "metrics.jsonl", ln)
     resumed = runner.train(cfg, run_dir=tmp_path / "part", resume=True, out=None)
     assert np.array_equal(resumed.t_env, full.t_env)
+    part_lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [(ln["kind"], ln["t_env"]) for ln in part_lines] == [(ln["kind"], ln["t_env"]) for ln in full_lines]
+    csv_rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("full", "part")]
+    assert len(csv_rows[0]) == len(csv_rows[1]) and [r.split(",")[:3] for r in csv_rows[0]] == [r.split(",")[:3] for r in csv_rows[1]]
     sr = runner.SeedRunner(cfg)
     _, a = checkpoint.restore(tmp_path / "full", sr.abstract_state())
     _, b = checkpoint.restore(tmp_path / "part", sr.abstract_state())

@@ -55,7 +55,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cromac_jax import attacks, host_devices, sweep  # noqa: E402
-from cromac_jax.reporting import usable_cores  # noqa: E402
 from cromac_jax import bench as B  # noqa: E402
 from cromac_jax.config import METHODS, ConfigError  # noqa: E402
 
@@ -555,7 +554,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     args = parse_args(argv)
     t0 = time.time()
     try:  # before anything starts a JAX backend (the hardware tag names the device)
-        n = host_devices.apply(args.cpu_devices, args.seeds, cores=max(1, usable_cores() // args.share_count))
+        n = host_devices.apply(args.cpu_devices, args.seeds, processes=args.share_count)
     except ConfigError as e:
         raise SystemExit(f"reproduce_table1: error: {e}") from None
     if n is not None:

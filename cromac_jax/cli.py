@@ -61,12 +61,11 @@ def _host_devices(args: argparse.Namespace, num_seeds: int, processes_here: int 
     runner is imported, because importing it (jaxmarl) starts the JAX backend. ``processes_here``:
     how many processes share this host's cores (a sweep split with ``--share I/N``)."""
     from cromac_jax import host_devices
-    from cromac_jax.reporting import usable_cores
 
     spec = args.cpu_devices
     if spec == "auto" and getattr(args, "distributed", False):
         spec = "off"  # each process's share of seeds is decided by the process layout
-    n = host_devices.apply(spec, num_seeds, cores=max(1, usable_cores() // processes_here))
+    n = host_devices.apply(spec, num_seeds, processes=processes_here)
     if n is not None:
         print(f"cromac: {num_seeds} seed(s) over {n} CPU devices (--cpu-devices {args.cpu_devices}; "
               f"no effect when an accelerator runs the job)", flush=True)

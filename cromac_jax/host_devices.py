@@ -54,9 +54,10 @@ def parse(spec: str) -> str | int:
     return n
 
 
-def apply(spec: str, num_seeds: int, cores: int | None = None) -> int | None:
+def apply(spec: str, num_seeds: int, cores: int | None = None, processes: int = 1) -> int | None:
     """Set ``jax_num_cpu_devices`` for a run of ``num_seeds`` seeds; returns the count set, or
-    None when nothing was set.
+    None when nothing was set. ``cores``: the cores to plan for (default: this process's share,
+    the usable cores divided among ``processes`` sharing the host, e.g. ``--share I/N``).
 
     ``auto`` sets ``plan(num_seeds, cores)`` when that is more than one device, unless the user
     chose a count through XLA_FLAGS / JAX_NUM_CPU_DEVICES or a backend is already running (a
@@ -69,18 +70,19 @@ def apply(spec: str, num_seeds: int, cores: int | None = None) -> int | None:
     choice = parse(spec)
     if choice == "off":
         return None
+    cores = cores or max(1, usable_cores() // max(1, processes))
     started = xla_bridge.backends_are_initialized()
     if choice == "auto":
         if user_has_chosen() or started:
             return None
-        n = plan(num_seeds, cores or usable_cores())
+        n = plan(num_seeds, cores)
         if n <= 1:
             return None
     else:
         n = choice
         if n > 1 and num_seeds % n:
             raise ConfigError(f"--cpu-devices {n} does not divide train.num_seeds={num_seeds}; "
-                              f"use a divisor (auto picks {plan(num_seeds, cores or usable_cores())})")
+                              f"use a divisor (auto picks {plan(num_seeds, cores)})")
         if started and len(jax.devices("cpu")) != n:
             raise ConfigError(f"--cpu-devices {n}: a JAX backend is already running with "
                               f"{len(jax.devices('cpu'))} CPU device(s); set it before anything uses jax")

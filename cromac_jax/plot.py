@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-import yaml
 
-from cromac_jax.config import METHODS, Config, ConfigError, from_dict
+from cromac_jax.config import METHODS, Config, ConfigError
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw (building the CLI parser stays cheap)
     from matplotlib.figure import Figure
@@ -128,11 +127,10 @@ def env_label(cfg: Config) -> str:
 
 
 def _read_config(run_dir: Path) -> Config:
-    path = run_dir / "config.yaml"
-    try:
-        return from_dict(yaml.safe_load(path.read_text()) or {})
-    except (OSError, yaml.YAMLError) as e:
-        raise _plot_error(f"cannot read {str(path)!r}: {e}".replace("\n", " ")) from None
+    """``checkpoint.read_config`` (the one reader of a run's config), imported here: it pulls in orbax."""
+    from cromac_jax.checkpoint import read_config
+
+    return read_config(run_dir)
 
 
 def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:

@@ -222,9 +222,8 @@ def _train(
             write_config(run_dir, cfg)
         state = runner.init_state()
     mgr = checkpoint.manager(run_dir)
-    sink = _MetricsSink(run_dir, primary, cfg.train.tensorboard, to_host(state.t_env) if resume else None)
-
     t_env = to_host(state.t_env)
+    sink = _MetricsSink(run_dir, primary, cfg.train.tensorboard, t_env if resume else None)
     next_test = (int(t_env.min()) // t.test_interval + 1) * t.test_interval if resume else 0
     next_ckpt = (int(t_env.min()) // t.checkpoint_interval + 1) * t.checkpoint_interval
     last_test: dict[str, Any] = {}

@@ -54,6 +54,9 @@ class ModelConfig:
     ame_max_subsets: int = 16
 
 
+CLAMP_LAYERS = ("all", "first")
+
+
 @dataclass(frozen=True)
 class CromacConfig:
     """The robustness knobs of CroMAC (paper eq. 17; HYPERPARAMS.md per-env table)."""
@@ -70,6 +73,10 @@ class CromacConfig:
     #: PoE collapse at robust_start (README, Results): clamping from 0 keeps the encoder inside the
     #: certificate's box throughout, but on hallway it starved the PoE from the start (measured).
     clamp_start: int = -1
+    #: which message-encoder parameters the clamp bounds: "all" weights and biases (the official
+    #: code, HYPERPARAMS.md) or only the "first" layer's weight, the W acting on the message in the
+    #: paper's eq. 12 ("only W bounded", section 4.2). An experiment knob for the same collapse.
+    clamp_layers: str = "all"
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,7 @@ def _validate(cfg: Config) -> None:
     for name in ("robust_weight", "vae_loss_weight", "poe_loss_weight"):
         _check(getattr(c, name) >= 0, f"cromac.{name}", getattr(c, name), "must be >= 0")
     _check(c.robust_start >= 0, "cromac.robust_start", c.robust_start, "must be >= 0")
+    _check(c.clamp_layers in CLAMP_LAYERS, "cromac.clamp_layers", c.clamp_layers, f"choose one of {', '.join(CLAMP_LAYERS)}")
     _check(c.clamp_start >= -1, "cromac.clamp_start", c.clamp_start, "must be >= 0, or -1 for 'at robust_start'")
     for name in ("num_seeds", "t_max", "num_envs", "batch_size", "buffer_size", "target_update_interval", "test_interval", "checkpoint_interval"):
         _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")

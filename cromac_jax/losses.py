@@ -152,7 +152,11 @@ def robust_overlap_loss(
 ) -> jax.Array:
     """Paper eqs. 14-15 per slot [B, T1]: sum over agents and available actions y of
     max(0, Q(a) - Q(y)) (detached) * max(0, upper Q(y) - lower Q(a)), with the bounds taken by
-    IBP over an l-inf ball of ``radius`` = kappa*eps around (z_st mean, h_i)."""
+    IBP over an l-inf ball of ``radius`` = kappa*eps around (z_st mean, h_i).
+
+    The state-latent mean is detached, as in the official code: the robust loss shapes the
+    Q head and the trajectory encoder, never the state VAE (whose latent the PoE must follow)."""
+    z_mean = jax.lax.stop_gradient(z_mean)
     bounds = model.q_bounds_latent(params, z_mean, h, radius)
     q_centre = model.head(params, model.head_input(h, z=z_mean[..., None, :]))
     q_a = jnp.take_along_axis(q_centre, actions[..., None], axis=-1)
@@ -229,13 +233,21 @@ def loss_fn(
     return total, aux
 
 
-def clamp_message_encoder(params: Params, c_max: float, enabled: jax.Array) -> Params:
-    """After an optimiser step, clip the message encoder's weights and biases to [-C, C]
-    (paper section 4.2: bounded W keeps the PoE integration error O(eps)). ``enabled`` is a
-    traced bool: the clamp starts with robust training."""
+def clamp_message_encoder(params: Params, c_max: float, enabled: jax.Array, layers: str = "all") -> Params:
+    """After an optimiser step, clip the message encoder's parameters to [-C, C] (paper section
+    4.2: bounded W keeps the PoE integration error O(eps)). ``enabled`` is a traced bool (the
+    clamp's start); ``layers``: "all" weights and biases (the official code) or the "first"
+    layer's weight only (the W acting on the message in eq. 12)."""
     if "msg_enc" not in params:
         return params
-    clipped = jax.tree.map(lambda p: jnp.where(enabled, jnp.clip(p, -c_max, c_max), p), params["msg_enc"])
+    clip = lambda p: jnp.where(enabled, jnp.clip(p, -c_max, c_max), p)  # noqa: E731
+    enc = params["msg_enc"]
+    if layers == "all":
+        clipped = jax.tree.map(clip, enc)
+    elif layers == "first":
+        clipped = {**enc, "hidden": {**enc["hidden"], "kernel": clip(enc["hidden"]["kernel"])}}
+    else:
+        raise ValueError(f"clamp layers {layers!r}: choose 'all' or 'first'")
     return {**params, "msg_enc": clipped}
 
 

@@ -190,7 +190,8 @@ class Trainer:
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = self.optimiser.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        params = clamp_message_encoder(params, self.cfg.cromac.weight_clamp, self.clamp_on(state.t_env))
+        c = self.cfg.cromac
+        params = clamp_message_encoder(params, c.weight_clamp, self.clamp_on(state.t_env), c.clamp_layers)
         n_updates = state.updates + 1
         sync = n_updates % self.cfg.train.target_update_interval == 0
         target = jax.tree.map(lambda new, old: jnp.where(sync, new, old), params, state.target_params)

@@ -116,6 +116,25 @@ def test_poe_loss_trains_only_the_message_encoder():
         assert norms[other] == 0.0, other
 
 
+def test_robust_loss_leaves_the_state_vae_alone():
+    """The official code detaches the state-latent mean in the robust loss; the head and the
+    trajectory encoder (through h) still learn from it."""
+    m, _ = model_for("cromac")
+    p = m.init(jax.random.PRNGKey(0))
+    batch = random_batch(jax.random.PRNGKey(1))
+
+    def robust_only(params):
+        h = L.unroll(m, params, batch.obs)
+        mean, _ = m.encode_state(params, batch.state)
+        return jnp.sum(L.robust_overlap_loss(m, params, h, mean, batch.actions, batch.avail, 1.0))
+
+    g = jax.grad(robust_only)(p)
+    norms = {k: float(optax_norm(v)) for k, v in g.items()}
+    assert norms["q_head"] > 0 and norms["agent"] > 0
+    for other in ("state_enc", "state_dec", "msg_enc", "mixer"):
+        assert norms[other] == 0.0, other
+
+
 def optax_norm(tree):
     return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
 
@@ -207,6 +226,22 @@ def test_clamp_starts_at_clamp_start_or_with_robust_training(clamp_start, robust
     assert (biggest <= 0.05 + 1e-7) == clamped
     with pytest.raises(C.ConfigError, match="cromac.clamp_start"):
         C.from_dict({"cromac": {"clamp_start": -2}})
+
+
+def test_clamp_layers_first_bounds_only_the_weight_acting_on_messages():
+    from cromac_jax.train import make_train
+
+    cfg = C.from_dict({"train": {"method": "cromac", "num_envs": 2, "batch_size": 2, "learning_starts": 2,
+                                 "buffer_size": 8, "updates_per_iteration": 1, "chunk_iterations": 1},
+                       "cromac": {"robust_start": 0, "weight_clamp": 0.05, "clamp_layers": "first"}})
+    tr = make_train(cfg)
+    state, _ = jax.jit(tr.iteration)(tr.init(jax.random.PRNGKey(0)))
+    enc = state.params["msg_enc"]
+    assert float(jnp.max(jnp.abs(enc["hidden"]["kernel"]))) <= 0.05 + 1e-7
+    rest = [enc["hidden"]["bias"], enc["mean"]["kernel"], enc["logvar"]["kernel"]]
+    assert max(float(jnp.max(jnp.abs(x))) for x in rest) > 0.05
+    with pytest.raises(C.ConfigError, match="cromac.clamp_layers"):
+        C.from_dict({"cromac": {"clamp_layers": "last"}})
 
 
 @pytest.mark.parametrize("mixer", ["qmix", "vdn", "qplex"])

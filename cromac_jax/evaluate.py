@@ -334,6 +334,33 @@ def evaluate(
 
     fn = _compiled(run, ("evaluate", attack, episodes, bool(attack_own)), build)
     stats = fn(run.params, run.env_run, _seed_keys(key, run.n_seeds), jnp.float32(eps))
+    return _result(name, eps, episodes, bool(attack_own), stats)
+
+
+def evaluate_state_latent(run: Run, episodes: int = DEFAULT_EPISODES, key: jax.Array | None = None) -> EvalResult:
+    """Greedy episodes acting on the state latent's mean instead of the PoE of messages
+    (``Trainer.state_latent_act``), with the same keys as :func:`evaluate`'s: the win rate the
+    team would reach if the message encoder recovered the centralised latent exactly. A large
+    gap to ``natural`` says the PoE distillation, not the Q head, is what fails."""
+    episodes = _check_episodes(episodes)
+    key = _default_key(run, key)
+    run.trainer.state_latent_act(jax.tree.map(lambda x: x[0], run.params))  # refuses non-CroMAC runs
+
+    def build():
+        trainer = run.trainer
+
+        def one(params, env_run, k):
+            _, stats = trainer.test(params, env_run, k, episodes, act=trainer.state_latent_act(params))
+            return stats
+
+        return jax.jit(jax.vmap(one))
+
+    fn = _compiled(run, ("state_latent", episodes), build)
+    stats = fn(run.params, run.env_run, _seed_keys(key, run.n_seeds))
+    return _result("state_latent", 0.0, episodes, True, stats)
+
+
+def _result(name: str, eps: float, episodes: int, attack_own: bool, stats: Any) -> EvalResult:
     returns = np.asarray(stats.returns, np.float64)
     lengths = np.asarray(stats.lengths)
     won = np.asarray(stats.won, bool)
@@ -341,7 +368,7 @@ def evaluate(
         attack=name,
         eps=eps,
         episodes=episodes,
-        attack_own=bool(attack_own),
+        attack_own=attack_own,
         win_rate=won.mean(axis=1),
         return_mean=returns.mean(axis=1),
         return_std=returns.std(axis=1),
@@ -543,7 +570,8 @@ def eval_grid(
                 },
             })
     cfg_cert = cert(run.eps)
-    header = _header(run, episodes, attack_own, cfg_cert)
+    latent = evaluate_state_latent(run, episodes, key).win_rate if run.model.method.state_vae else None
+    header = _header(run, episodes, attack_own, cfg_cert, latent)
     table = _markdown(rows)
     if out is not None:
         print(header + "\n" + table, file=out, flush=True)
@@ -568,6 +596,8 @@ def eval_grid(
             "budgets": budgets,
             "certified_at_config_eps": {"mean": _nanfloat(np.mean(cfg_cert)), "std": _nanfloat(np.std(cfg_cert)),
                                         "per_seed": [_nanfloat(x) for x in cfg_cert]},
+            "state_latent_win": None if latent is None else {"mean": float(np.mean(latent)), "std": float(np.std(latent)),
+                                                             "per_seed": latent.tolist()},
             "rows": rows,
         }), indent=1))
     return rows
@@ -581,15 +611,21 @@ def _nanfloat(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _header(run: Run, episodes: int, attack_own: bool, cfg_cert: np.ndarray) -> str:
+def _header(run: Run, episodes: int, attack_own: bool, cfg_cert: np.ndarray, latent: np.ndarray | None = None) -> str:
     where = str(run.run_dir) if run.run_dir is not None else "(untrained)"
     who = "every channel attacked, own hidden state included" if attack_own else "teammates' channels attacked only"
-    return (
+    text = (
         f"## Evaluation of {where} at {run.step:,} env steps\n\n"
         f"{run.cfg.train.method} ({run.cfg.model.mixer} mixer) on {run.cfg.env.name}: {run.n_seeds} seed(s) x "
         f"{episodes} greedy episodes; config eps {run.eps:g}; {who}. Mean +- std over seeds.\n\n"
         f"Certified-action rate at the config eps: {_pm(cfg_cert, 3)}\n"
     )
+    if latent is not None:
+        text += (
+            f"Win rate acting on the state latent instead of the PoE of messages (no attack): {_pm(latent)}; "
+            "far above natural, the message encoder does not recover the latent the head was trained on.\n"
+        )
+    return text
 
 
 def _pm(values: np.ndarray, digits: int = 2) -> str:
@@ -653,5 +689,5 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 __all__ = [
     "Run", "EvalResult", "load_run", "untrained_run", "evaluate", "certified_decisions", "certified_rate",
     "eval_grid", "report_paths", "add_eval_parser", "check_budgets", "resolve_attacks",
-    "DEFAULT_EPISODES", "DEFAULT_ATTACKS",
+    "DEFAULT_EPISODES", "DEFAULT_ATTACKS", "evaluate_state_latent",
 ]

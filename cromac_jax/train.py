@@ -33,7 +33,7 @@ from cromac_jax.losses import (
     loss_fn,
     weights_from_config,
 )
-from cromac_jax.networks import CromacModel, EnvDims, Params
+from cromac_jax.networks import CromacModel, EnvDims, Params, masked_argmax
 from cromac_jax.rollout import EpisodeStats, collect_episodes, epsilon_greedy
 
 
@@ -172,6 +172,20 @@ class Trainer:
 
         return act
 
+    def state_latent_act(self, params: Params) -> Callable:
+        """Greedy on the Q head fed the state latent's mean instead of the PoE of messages: how
+        the team would play if the message encoder recovered the centralised latent exactly.
+        Its gap to the natural test is what the PoE distillation costs (CroMAC methods only)."""
+        model = self.model
+        if not model.method.state_vae:
+            raise ConfigError(f"{self.cfg.train.method} has no state latent: only the CroMAC methods train one")
+
+        def act(key, h, ts):
+            mean, _ = model.encode_state(params, ts.world_state)
+            return masked_argmax(model.q_train(params, h, mean, key), ts.avail)
+
+        return act
+
     def _agent_step(self, params: Params) -> Callable:
         return lambda h, obs: self.model.agent_step(params, h, obs)
 
@@ -279,12 +293,14 @@ class Trainer:
         attack: Callable = attacks.natural,
         eps: float = 0.0,
         own_mask=None,
+        act: Callable | None = None,
     ) -> tuple[TestMetrics, EpisodeStats]:
-        """Greedy test episodes (vmapped), optionally with attacked messages."""
+        """Greedy test episodes (vmapped), optionally with attacked messages; ``act`` replaces
+        the decentralised test policy (e.g. :meth:`state_latent_act`)."""
         _, stats = collect_episodes(
             self.env,
             self._agent_step(params),
-            self.test_act(params, attack, eps, own_mask),
+            self.test_act(params, attack, eps, own_mask) if act is None else act,
             self.model.initial_hidden(),
             env_run,
             key,

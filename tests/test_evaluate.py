@@ -112,6 +112,40 @@ def test_qmix_attacks_change_nothing_and_every_decision_is_certified():
     np.testing.assert_array_equal(ev.certified_rate(q, episodes=E, eps=1.0), [1.0, 1.0])
 
 
+def test_state_latent_episodes_read_the_state_latent_not_the_messages(run):
+    """The diagnostic behind the collapse fix (README, Results): the same Q head fed the state
+    latent's mean. Scrambling the message encoder changes none of its episodes, and one decision
+    assembled by hand from the state latent matches it."""
+    import dataclasses
+
+    base = ev.evaluate_state_latent(run, episodes=E)
+    assert base.win_rate.shape == (2,) and base.attack == "state_latent"
+
+    def with_params(edit):
+        params = jax.tree.map(lambda x: x, run.params)
+        edit(params)
+        return dataclasses.replace(run, params=params)
+
+    def scramble_messages(p):
+        p["msg_enc"] = jax.tree.map(lambda x: x + 3.0 * jax.random.normal(jax.random.PRNGKey(1), x.shape), p["msg_enc"])
+
+    scrambled = ev.evaluate_state_latent(with_params(scramble_messages), episodes=E)
+    for field in ("returns", "lengths", "won"):
+        assert np.array_equal(getattr(base, field), getattr(scrambled, field)), field
+    # one decision, assembled by hand: argmax of the head on [state-latent mean, h_i, one-hot i]
+    tr, p = run.trainer, run.seed_params(0)
+    ts, _ = tr.env.reset_arrays(jax.random.PRNGKey(5), jax.tree.map(lambda x: x[0], run.env_run))
+    h = run.agent_step(p, run.model.initial_hidden(), ts.obs)
+    mean, _ = run.model.encode_state(p, ts.world_state)
+    n = run.model.n
+    x = jnp.concatenate([jnp.broadcast_to(mean, (n, mean.shape[-1])), h, jnp.eye(n)], axis=-1)
+    q = run.model.head(p, x)
+    expected = jnp.argmax(jnp.where(ts.avail.astype(bool), q, -jnp.inf), axis=-1)
+    assert np.array_equal(tr.state_latent_act(p)(jax.random.PRNGKey(6), h, ts), expected)
+    with pytest.raises(ConfigError, match="qmix has no state latent"):
+        ev.evaluate_state_latent(ev.untrained_run(tiny("qmix", num_seeds=2)), episodes=E)
+
+
 def test_eval_grid_rows_and_files(run, trained, capsys):
     rows = ev.eval_grid(run, attacks=["natural", "random", "fgsm", "pgd"], budgets=[1, 2], episodes=E)
     got = [(r["attack"], r["budget"]) for r in rows]
@@ -134,6 +168,9 @@ def test_eval_grid_rows_and_files(run, trained, capsys):
     assert data["step"] == run.step and data["seeds"] == 2 and len(data["rows"]) == len(rows)
     assert data["rows"][3]["per_seed"]["win"] == pytest.approx(list(ev.evaluate(run, "fgsm", episodes=E).win_rate))
     assert 0.0 <= data["certified_at_config_eps"]["mean"] <= 1.0
+    latent = ev.evaluate_state_latent(run, episodes=E).win_rate
+    assert data["state_latent_win"]["per_seed"] == pytest.approx(list(latent))
+    assert "acting on the state latent instead of the PoE" in printed
 
 
 def _eval_parser():

@@ -286,6 +286,7 @@ def our_row(run_dir: Path) -> dict[str, Any] | None:
     cells = {r["table1"]: (r["win_mean"], r["win_std"], r["per_seed"]["win"]) for r in data["rows"]}
     return {"cells": cells, "step": data["step"], "seeds": data["seeds"], "episodes_per_seed": data["episodes_per_seed"],
             "config_eps": data["config_eps"], "certified": data.get("certified_at_config_eps", {}).get("mean"),
+            "state_latent": (data.get("state_latent_win") or {}).get("mean"),
             "budgets": data.get("budgets"), "eval_json": str(path)}
 
 
@@ -367,6 +368,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
                          "status": "evaluated" if ours else ("trained" if finished else ("partial" if steps else "not started")),
                          "env_steps": steps[-1] if steps else 0, "t_max": t_max, "seeds": cfg.train.num_seeds,
                          "certified": ours["certified"] if ours else None, "config_eps": cfg.cromac.eps,
+                         "state_latent": ours.get("state_latent") if ours else None,
                          "robust_start": cfg.cromac.robust_start if r.method == "cromac" else None,
                          "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(run_dir),
                          "last_test": sweep.last_test(run_dir)})
@@ -484,9 +486,10 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
               ""]
     lines += ["## Runs", "",
               B.markdown_table(["run", "status", "env steps", "seeds", "latest test: natural / FGSM", "certified @ eps",
-                                "train wall", "eval wall"],
+                                "natural on state latent", "train wall", "eval wall"],
                                [[r["run"], r["status"], f"{r['env_steps']:,} / {r['t_max']:,}", r["seeds"], _latest(r.get("last_test")),
                                  "—" if r["certified"] is None else f"{r['certified']:.3f}",
+                                 "—" if r.get("state_latent") is None else f"{r['state_latent']:.2f}",
                                  _fmt_time(r["train_s"]), _fmt_time(r["eval_s"])] for r in p["runs"]]),
               "",
               "latest test: the last in-training test (20 greedy episodes per seed, FGSM at eps), mean over seeds, at "
@@ -494,7 +497,9 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
               "",
               f"Wall time: training {_fmt_time(p['wall']['train_s'])}, evaluation {_fmt_time(p['wall']['eval_s'])} (sums over "
               f"the sessions that ran them, compile included); this session {_fmt_time(p['wall']['this_session_s'])}. "
-              f"certified @ eps: fraction of decisions whose greedy action IBP proves unchanged at the config eps.", ""]
+              f"certified @ eps: fraction of decisions whose greedy action IBP proves unchanged at the config eps. "
+              f"natural on state latent (CroMAC methods): the win rate of the same Q head acting on the state latent "
+              f"instead of the PoE of messages; far above Natural, the message encoder is what fails.", ""]
     if p["figures"]:
         lines += ["## Figures", ""]
         if "curves" in p["figures"]:

@@ -254,6 +254,9 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     data = json.loads(Path(f"{stem}.json").read_text())
     assert data["protocol"]["t_max"] == 600 and not data["protocol"]["paper_budget"]
     assert [r["status"] for r in report["runs"]] == ["evaluated", "evaluated"]
+    by_run = {r["method"]: r for r in report["runs"]}
+    assert 0.0 <= by_run["cromac"]["state_latent"] <= 1.0 and by_run["qmix"]["state_latent"] is None
+    assert "natural on state latent" in md
     cromac = data["ours"]["cromac"]
     assert set(cromac["cells"]) >= {"Natural", "Random", "PGD", "FGSM (2)", "FGSM"} and cromac["seeds"] == 2
     assert "FGSM (4)" not in cromac["cells"]  # budgets 0.5 and 1 only

@@ -344,7 +344,7 @@ def evaluate_state_latent(run: Run, episodes: int = DEFAULT_EPISODES, key: jax.A
     gap to ``natural`` says the PoE distillation, not the Q head, is what fails."""
     episodes = _check_episodes(episodes)
     key = _default_key(run, key)
-    run.trainer.state_latent_act(jax.tree.map(lambda x: x[0], run.params))  # refuses non-CroMAC runs
+    run.trainer.state_latent_act(run.params)  # builds nothing yet; refuses runs without a state latent
 
     def build():
         trainer = run.trainer

@@ -286,7 +286,7 @@ def our_row(run_dir: Path) -> dict[str, Any] | None:
     cells = {r["table1"]: (r["win_mean"], r["win_std"], r["per_seed"]["win"]) for r in data["rows"]}
     return {"cells": cells, "step": data["step"], "seeds": data["seeds"], "episodes_per_seed": data["episodes_per_seed"],
             "config_eps": data["config_eps"], "certified": data.get("certified_at_config_eps", {}).get("mean"),
-            "state_latent": (data.get("state_latent_win") or {}).get("mean"),
+            "state_latent": (data.get("state_latent") or {}).get("win_mean"),
             "budgets": data.get("budgets"), "eval_json": str(path)}
 
 

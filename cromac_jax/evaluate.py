@@ -570,7 +570,7 @@ def eval_grid(
                 },
             })
     cfg_cert = cert(run.eps)
-    latent = evaluate_state_latent(run, episodes, key).win_rate if run.model.method.state_vae else None
+    latent = evaluate_state_latent(run, episodes, key) if run.model.method.state_vae else None
     header = _header(run, episodes, attack_own, cfg_cert, latent)
     table = _markdown(rows)
     if out is not None:
@@ -596,8 +596,10 @@ def eval_grid(
             "budgets": budgets,
             "certified_at_config_eps": {"mean": _nanfloat(np.mean(cfg_cert)), "std": _nanfloat(np.std(cfg_cert)),
                                         "per_seed": [_nanfloat(x) for x in cfg_cert]},
-            "state_latent_win": None if latent is None else {"mean": float(np.mean(latent)), "std": float(np.std(latent)),
-                                                             "per_seed": latent.tolist()},
+            "state_latent": None if latent is None else {
+                "win_mean": float(np.mean(latent.win_rate)), "win_std": float(np.std(latent.win_rate)),
+                "return_mean": float(np.mean(latent.return_mean)), "return_std": float(np.std(latent.return_mean)),
+                "per_seed": {"win": latent.win_rate.tolist(), "return": latent.return_mean.tolist()}},
             "rows": rows,
         }), indent=1))
     return rows
@@ -611,7 +613,7 @@ def _nanfloat(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _header(run: Run, episodes: int, attack_own: bool, cfg_cert: np.ndarray, latent: np.ndarray | None = None) -> str:
+def _header(run: Run, episodes: int, attack_own: bool, cfg_cert: np.ndarray, latent: EvalResult | None = None) -> str:
     where = str(run.run_dir) if run.run_dir is not None else "(untrained)"
     who = "every channel attacked, own hidden state included" if attack_own else "teammates' channels attacked only"
     text = (
@@ -622,8 +624,9 @@ def _header(run: Run, episodes: int, attack_own: bool, cfg_cert: np.ndarray, lat
     )
     if latent is not None:
         text += (
-            f"Win rate acting on the state latent instead of the PoE of messages (no attack): {_pm(latent)}; "
-            "far above natural, the message encoder does not recover the latent the head was trained on.\n"
+            f"Acting on the state latent instead of the PoE of messages (no attack): win {_pm(latent.win_rate)}, "
+            f"return {_pm(latent.return_mean, 3)}. Far above natural, this says the message encoder, not the "
+            "policy, is what fails.\n"
         )
     return text
 

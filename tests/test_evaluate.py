@@ -168,9 +168,10 @@ def test_eval_grid_rows_and_files(run, trained, capsys):
     assert data["step"] == run.step and data["seeds"] == 2 and len(data["rows"]) == len(rows)
     assert data["rows"][3]["per_seed"]["win"] == pytest.approx(list(ev.evaluate(run, "fgsm", episodes=E).win_rate))
     assert 0.0 <= data["certified_at_config_eps"]["mean"] <= 1.0
-    latent = ev.evaluate_state_latent(run, episodes=E).win_rate
-    assert data["state_latent_win"]["per_seed"] == pytest.approx(list(latent))
-    assert "acting on the state latent instead of the PoE" in printed
+    latent = ev.evaluate_state_latent(run, episodes=E)
+    assert data["state_latent"]["per_seed"]["win"] == pytest.approx(list(latent.win_rate))
+    assert data["state_latent"]["return_mean"] == pytest.approx(float(np.mean(latent.return_mean)))
+    assert "Acting on the state latent instead of the PoE" in printed
 
 
 def _eval_parser():

@@ -41,6 +41,11 @@ single available action, e.g. a dead unit, has nothing an attacker can flip). Pe
   not apply -- this IBP-per-member count is the honest replacement.
 
 Ties between Q-values count as certified (``ibp.certified``); they have measure zero.
+
+State latent. For the CroMAC methods :func:`evaluate_state_latent` plays the same keys with the
+Q head fed the state latent's mean (what training acts on) instead of the PoE of the messages;
+:func:`eval_grid` reports it next to the certified rate, so a failing message encoder shows as a
+gap between it and ``natural``.
 """
 
 from __future__ import annotations
@@ -341,7 +346,8 @@ def evaluate_state_latent(run: Run, episodes: int = DEFAULT_EPISODES, key: jax.A
     """Greedy episodes acting on the state latent's mean instead of the PoE of messages
     (``Trainer.state_latent_act``), with the same keys as :func:`evaluate`'s: the win rate the
     team would reach if the message encoder recovered the centralised latent exactly. A large
-    gap to ``natural`` says the PoE distillation, not the Q head, is what fails."""
+    gap to ``natural`` says the PoE distillation, not the Q head, is what fails. Nothing is
+    attacked, so the result's ``attack_own`` carries no meaning."""
     episodes = _check_episodes(episodes)
     key = _default_key(run, key)
     run.trainer.state_latent_act(run.params)  # builds nothing yet; refuses runs without a state latent
@@ -530,6 +536,9 @@ def eval_grid(
     ``eval_<step>.md/.csv/.json`` into the run directory (``write``; suffix ``_teammates``
     when ``attack_own=False``) and prints the Markdown table to ``out``.
 
+    For runs with a state latent (the CroMAC methods) the header and the JSON (``state_latent``)
+    add :func:`evaluate_state_latent`'s win rate and return, with the same keys.
+
     ``attacks``: built-in names and/or ``(name, attack_fn)`` pairs. ``budgets``: multiples of
     the config eps. All rows use the same episode keys."""
     named = resolve_attacks(attacks)
@@ -625,8 +634,8 @@ def _header(run: Run, episodes: int, attack_own: bool, cfg_cert: np.ndarray, lat
     if latent is not None:
         text += (
             f"Acting on the state latent instead of the PoE of messages (no attack): win {_pm(latent.win_rate)}, "
-            f"return {_pm(latent.return_mean, 3)}. Far above natural, this says the message encoder, not the "
-            "policy, is what fails.\n"
+            f"return {_pm(latent.return_mean, 3)} (natural far below this: the message encoder, not the "
+            "policy, is what fails).\n"
         )
     return text
 

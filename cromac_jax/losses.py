@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from cromac_jax.config import CLAMP_LAYERS
 from cromac_jax.networks import CromacModel, Params, masked_argmax
 
 
@@ -247,7 +248,7 @@ def clamp_message_encoder(params: Params, c_max: float, enabled: jax.Array, laye
     elif layers == "first":
         clipped = {**enc, "hidden": {**enc["hidden"], "kernel": clip(enc["hidden"]["kernel"])}}
     else:
-        raise ValueError(f"clamp layers {layers!r}: choose 'all' or 'first'")
+        raise ValueError(f"clamp layers {layers!r}: choose one of {', '.join(CLAMP_LAYERS)}")
     return {**params, "msg_enc": clipped}
 
 

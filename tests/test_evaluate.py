@@ -129,7 +129,8 @@ def test_state_latent_episodes_read_the_state_latent_not_the_messages(run):
     def scramble_messages(p):
         p["msg_enc"] = jax.tree.map(lambda x: x + 3.0 * jax.random.normal(jax.random.PRNGKey(1), x.shape), p["msg_enc"])
 
-    scrambled = ev.evaluate_state_latent(with_params(scramble_messages), episodes=E)
+    scrambled_run = with_params(scramble_messages)
+    scrambled = ev.evaluate_state_latent(scrambled_run, episodes=E)
     for field in ("returns", "lengths", "won"):
         assert np.array_equal(getattr(base, field), getattr(scrambled, field)), field
     # one decision, assembled by hand: argmax of the head on [state-latent mean, h_i, one-hot i]
@@ -142,6 +143,9 @@ def test_state_latent_episodes_read_the_state_latent_not_the_messages(run):
     q = run.model.head(p, x)
     expected = jnp.argmax(jnp.where(ts.avail.astype(bool), q, -jnp.inf), axis=-1)
     assert np.array_equal(tr.state_latent_act(p)(jax.random.PRNGKey(6), h, ts), expected)
+    # ... while the scramble does reach the message-based Q-values (the check above is not vacuous)
+    msgs = run.messages(h)
+    assert not np.allclose(run.model.q_values(p, h, msgs), run.model.q_values(scrambled_run.seed_params(0), h, msgs))
     with pytest.raises(ConfigError, match="qmix has no state latent"):
         ev.evaluate_state_latent(ev.untrained_run(tiny("qmix", num_seeds=2)), episodes=E)
 

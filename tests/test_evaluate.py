@@ -113,7 +113,7 @@ def test_qmix_attacks_change_nothing_and_every_decision_is_certified():
 
 
 def test_state_latent_episodes_read_the_state_latent_not_the_messages(run):
-    """The diagnostic behind the collapse fix (README, Results): the same Q head fed the state
+    """The diagnostic of the collapse at robust start (README, Results): the same Q head fed the state
     latent's mean. Scrambling the message encoder changes none of its episodes, and one decision
     assembled by hand from the state latent matches it."""
     import dataclasses

@@ -66,6 +66,7 @@ import numpy as np
 from cromac_jax import attacks as A
 from cromac_jax import ibp
 from cromac_jax.config import Config, ConfigError
+from cromac_jax.methods import get_method
 from cromac_jax.reporting import json_safe
 from cromac_jax.networks import masked_argmax
 
@@ -579,7 +580,7 @@ def eval_grid(
                 },
             })
     cfg_cert = cert(run.eps)
-    latent = evaluate_state_latent(run, episodes, key) if run.model.method.state_vae else None
+    latent = evaluate_state_latent(run, episodes, key) if get_method(run.cfg.train.method).state_vae else None
     header = _header(run, episodes, attack_own, cfg_cert, latent)
     table = _markdown(rows)
     if out is not None:

@@ -76,6 +76,7 @@ def write_eval(path, method="cromac", seeds=3, env=ENV, budgets=(0.25, 1.0, 4.0)
 
     monkeypatch.setattr(ev, "evaluate", fake_evaluate)
     monkeypatch.setattr(ev, "certified_rate", lambda *a, **k: np.full(seeds, 0.5))
+    monkeypatch.setattr(ev, "evaluate_state_latent", lambda run_, episodes, key: fake_evaluate(run_, A.natural, episodes, 0.0, key, True))
     ev.eval_grid(run, budgets=list(budgets), episodes=4, attack_own=attack_own, out=None)
     monkeypatch.undo()
     return ev.report_paths(run, attack_own)["json"]

@@ -335,19 +335,18 @@ def drop_records_after(run_dir: Path, t_env: np.ndarray) -> int:
     lines = path.read_text().splitlines()
     limit = np.asarray(t_env)
 
-    def before(line: str) -> bool:
-        steps = np.asarray(json.loads(line).get("t_env", []))
+    def before(record: dict) -> bool:
+        steps = np.asarray(record.get("t_env", []))
         return steps.shape != limit.shape or bool(np.all(steps <= limit))
 
-    keep = [ln for ln in lines if ln.strip() and before(ln)]
+    keep = [(ln, rec) for ln in lines if ln.strip() for rec in [json.loads(ln)] if before(rec)]
     if len(keep) == len(lines):
         return 0
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
+    tmp.write_text("".join(ln + "\n" for ln, _ in keep))
     csv_path, csv_tmp = run_dir / "metrics.csv", run_dir / "metrics.csv.tmp"
     csv_tmp.unlink(missing_ok=True)
-    for ln in keep:
-        record = json.loads(ln)
+    for _, record in keep:
         if record.get("kind") == "train":
             _write_csv(csv_tmp, record)
     os.replace(tmp, path)

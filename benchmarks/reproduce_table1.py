@@ -625,4 +625,10 @@ def _log(out: TextIO | None, line: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cromac_jax.stopping import TrainingStopped
+
+    try:
+        main()
+    except TrainingStopped as e:  # Ctrl-C / SIGTERM: the run saved a checkpoint; the same command continues
+        print("reproduce_table1: stopped; rerun the same command to continue", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -204,7 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from cromac_jax.stopping import TrainingStopped
+
+        if isinstance(e, TrainingStopped):  # its line, naming the checkpoint it saved, is already printed
+            return e.exit_code
         print("cromac: interrupted; the latest checkpoint is kept (continue with cromac train --resume RUN_DIR)", file=sys.stderr)
         return 130
     except Exception as e:

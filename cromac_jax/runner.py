@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from cromac_jax import attacks, checkpoint, tensorboard
+from cromac_jax import attacks, checkpoint, stopping, tensorboard
 from cromac_jax.checkpoint import read_config, write_config
 from cromac_jax.config import Config, ConfigError
 from cromac_jax.distributed import DistributedError
@@ -231,46 +231,64 @@ def _train(
     layout = "" if runner.sharding is None else f" over {runner.sharding.mesh.size} {jax.devices()[0].platform} devices"
     _log(out, f"training {cfg.train.method} ({cfg.model.mixer} mixer) on {cfg.env.name}: "
               f"{t.num_seeds} seed(s){layout}, {t.num_envs} envs each, t_max {t.t_max:,}; run dir {run_dir}")
+
+    def test_now() -> None:
+        nonlocal last_test, next_test
+        last_test = _test_summary(runner.tests(state, int(np.min(t_env))))
+        sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
+        next_test = (int(np.min(t_env)) // t.test_interval + 1) * t.test_interval
+
+    # A test that falls due is run before the checkpoint that follows it is saved, so a process
+    # killed after a checkpoint has already written every test up to it and a resumed run's
+    # records are the uninterrupted run's.
     compile_t0 = time.time()
-    while int(np.min(t_env)) < t.t_max:
+    # Multi-process runs save collectively: one process stopping alone would strand its peers.
+    with stopping.StopRequest(lambda line: _log(out, line), enabled=jax.process_count() == 1) as stop:
         if int(np.min(t_env)) >= next_test:
-            tests = runner.tests(state, int(np.min(t_env)))
-            last_test = _test_summary(tests)
-            sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
-            next_test = (int(np.min(t_env)) // t.test_interval + 1) * t.test_interval
-        c0 = time.time()
-        prev = t_env
-        state, metrics = runner.chunk(state)
-        summary = _summarise(metrics)
-        chunks += 1
-        t_env = np.asarray(summary["t_env"], dtype=np.int64)
-        dt = time.time() - c0
-        if chunks == 1:
-            _log(out, f"first chunk (compile + run) took {time.time() - compile_t0:.1f}s")
-        _check_finite(metrics, run_dir)
-        loss = np.asarray(summary["loss"])
-        record = {"kind": "train", "chunk_seconds": dt, **summary}
-        sink.write(record)
-        if on_chunk:
-            on_chunk(record)
-        rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
-        eta = max(0.0, t.t_max - float(np.min(t_env))) / max(rate / t.num_seeds, 1e-9)
-        test_txt = ""
-        if last_test:
-            test_txt = f" | test won {np.mean(last_test['test_won_mean']):.2f} ret {np.mean(last_test['test_return_mean']):.3g}"
-            if "test_fgsm_won_mean" in last_test:
-                test_txt += (f" | fgsm won {np.mean(last_test['test_fgsm_won_mean']):.2f}"
-                             f" ret {np.mean(last_test['test_fgsm_return_mean']):.3g}")
-        _log(out, f"t_env {int(np.min(t_env)):>9,}/{t.t_max:,} ({100 * min(1.0, np.min(t_env) / t.t_max):5.1f}%) "
-                  f"| {rate:,.0f} steps/s | return {np.mean(summary['return_mean']):.3f} "
-                  f"won {np.mean(summary['won_mean']):.2f} | eps {np.mean(summary['epsilon']):.2f} "
-                  f"| loss {np.mean(loss):.3f}{test_txt} | eta {_fmt_eta(eta)}")
-        if int(np.min(t_env)) >= next_ckpt:
-            checkpoint.save(mgr, int(np.min(t_env)), state)
-            next_ckpt = (int(np.min(t_env)) // t.checkpoint_interval + 1) * t.checkpoint_interval
-        if max_chunks is not None and chunks >= max_chunks:
-            checkpoint.save(mgr, int(np.min(t_env)), state)
-            return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
+            test_now()
+        while int(np.min(t_env)) < t.t_max:
+            c0 = time.time()
+            prev = t_env
+            state, metrics = runner.chunk(state)
+            summary = _summarise(metrics)
+            chunks += 1
+            t_env = np.asarray(summary["t_env"], dtype=np.int64)
+            dt = time.time() - c0
+            if chunks == 1:
+                _log(out, f"first chunk (compile + run) took {time.time() - compile_t0:.1f}s")
+            _check_finite(metrics, run_dir)
+            loss = np.asarray(summary["loss"])
+            record = {"kind": "train", "chunk_seconds": dt, **summary}
+            sink.write(record)
+            if on_chunk:
+                on_chunk(record)
+            rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
+            eta = max(0.0, t.t_max - float(np.min(t_env))) / max(rate / t.num_seeds, 1e-9)
+            test_txt = ""
+            if last_test:
+                test_txt = f" | test won {np.mean(last_test['test_won_mean']):.2f} ret {np.mean(last_test['test_return_mean']):.3g}"
+                if "test_fgsm_won_mean" in last_test:
+                    test_txt += (f" | fgsm won {np.mean(last_test['test_fgsm_won_mean']):.2f}"
+                                 f" ret {np.mean(last_test['test_fgsm_return_mean']):.3g}")
+            _log(out, f"t_env {int(np.min(t_env)):>9,}/{t.t_max:,} ({100 * min(1.0, np.min(t_env) / t.t_max):5.1f}%) "
+                      f"| {rate:,.0f} steps/s | return {np.mean(summary['return_mean']):.3f} "
+                      f"won {np.mean(summary['won_mean']):.2f} | eps {np.mean(summary['epsilon']):.2f} "
+                      f"| loss {np.mean(loss):.3f}{test_txt} | eta {_fmt_eta(eta)}")
+            step = int(np.min(t_env))
+            if t.t_max > step >= next_test:  # the final test, after the loop, covers t_max
+                test_now()
+            out_of_chunks = max_chunks is not None and chunks >= max_chunks
+            if step >= next_ckpt or out_of_chunks or stop.requested:
+                with stop.saving():
+                    checkpoint.save(mgr, step, state)
+                next_ckpt = (step // t.checkpoint_interval + 1) * t.checkpoint_interval
+            if stop.requested:
+                line = (f"stopped by {stop.signal_name} at {step:,} env steps; checkpoint saved in "
+                        f"{str(run_dir / checkpoint.CHECKPOINT_DIR)!r} (continue with: cromac train --resume {run_dir})")
+                _log(out, line)
+                raise stopping.TrainingStopped(line, stop.exit_code)
+            if out_of_chunks:
+                return RunResult(run_dir, t_env, last_test, chunks, time.time() - start)
     tests = runner.tests(state, int(np.min(t_env)))
     last_test = _test_summary(tests)
     sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})

@@ -1,14 +1,17 @@
 """The compiled trainer: it learns, seeds are independent and vmapped, resume is exact, and the
 CLI speaks in one clear line on bad input."""
 
+import io
 import json
+import os
+import signal
 
 import jax
 import numpy as np
 import pytest
 import yaml
 
-from cromac_jax import checkpoint, cli, runner
+from cromac_jax import checkpoint, cli, runner, stopping
 from cromac_jax import config as C
 from cromac_jax.train import seed_keys
 
@@ -95,6 +98,37 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
         runner.train(tiny(t_max=900), run_dir=tmp_path / "full", resume=True, out=None)
     with pytest.raises(C.ConfigError, match="already holds checkpoints"):
         runner.train(cfg, run_dir=tmp_path / "full", out=None)
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_stops_at_a_chunk_boundary_with_a_checkpoint_and_resume_matches(tmp_path):
+    """A stop requested mid-run (SIGTERM here; Ctrl-C is the same) saves the state it reached,
+    between the interval checkpoints, and the resumed run is the uninterrupted one."""
+    cfg = tiny(t_max=500)
+    full = runner.train(cfg, run_dir=tmp_path / "full", out=None)
+    seen = []
+
+    def stop_after_two_chunks(record):
+        seen.append(int(min(record["t_env"])))
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    lines = io.StringIO()
+    with pytest.raises(stopping.TrainingStopped) as stopped:
+        runner.train(cfg, run_dir=tmp_path / "part", out=lines, on_chunk=stop_after_two_chunks)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM and len(seen) == 2
+    assert checkpoint.all_steps(tmp_path / "part") == [seen[-1]]  # checkpoint_interval is 10**9: the stop's own
+    assert f"stopped by SIGTERM at {seen[-1]:,} env steps" in lines.getvalue()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    resumed = runner.train(cfg, run_dir=tmp_path / "part", resume=True, out=None)
+    assert np.array_equal(resumed.t_env, full.t_env)
+    records = [[(r["kind"], r["t_env"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
+               for d in ("full", "part")]
+    assert records[0] == records[1]
+    sr = runner.SeedRunner(cfg)
+    _, a = checkpoint.restore(tmp_path / "full", sr.abstract_state())
+    _, b = checkpoint.restore(tmp_path / "part", sr.abstract_state())
+    assert leaves_equal(a.params, b.params) and leaves_equal(a.buffer, b.buffer)
 
 
 def _check_tensorboard_events(run_dir, lines):

@@ -213,6 +213,11 @@ def test_checks_report_the_papers_ordering_and_targets():
     short = {c["check"]: c for c in t1.checks("hallway_4x5x6", table, runs, paper_budget=False, seeds=2)}
     assert next(c for k, c in short.items() if k.startswith("the paper's protocol"))["status"].startswith("n/a")
     assert not any("PGD >= 0.9" in c["check"] for c in t1.checks("lbf_3p1f", table, [], True, 5))
+    # an unfinished run's wall time so far can confirm a miss, never a pass
+    for train_s, status in ((1500.0, "in progress"), (2000.0, "MISS")):
+        partial = [{"method": "cromac", "mixer": "qmix", "train_s": train_s, "eval_s": None, "status": "partial"}]
+        c = next(c for c in t1.checks("hallway_4x5x6", table, partial, True, 5) if c["check"].startswith("the paper's protocol"))
+        assert c["status"] == status and c["check"].endswith("so far (run unfinished)")
 
 
 @pytest.mark.timeout(900)

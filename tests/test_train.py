@@ -62,14 +62,22 @@ def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs():
     assert np.asarray(seed_keys(cfg2)).shape[0] == 2
 
 
-@pytest.mark.timeout(600)
-def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run both resume tests compare against (trained once per module)."""
     cfg = tiny(t_max=500)
-    full = runner.train(cfg, run_dir=tmp_path / "full", out=None)
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return cfg, root, runner.train(cfg, run_dir=root / "full", out=None)
+
+
+@pytest.mark.timeout(600)
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, uninterrupted):
+    cfg, root, full = uninterrupted
+    full_dir = root / "full"
     part = runner.train(cfg, run_dir=tmp_path / "part", out=None, max_chunks=2)
     assert part.chunks == 2 and np.all(part.t_env < full.t_env)
     # a process killed after its checkpoint leaves records the resumed run will write again
-    full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    full_lines = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
     dead = [ln for ln in full_lines if np.any(np.asarray(ln["t_env"]) > part.t_env)][:3]
     assert dead
     for ln in dead:
@@ -78,34 +86,34 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     assert np.array_equal(resumed.t_env, full.t_env)
     part_lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [(ln["kind"], ln["t_env"]) for ln in part_lines] == [(ln["kind"], ln["t_env"]) for ln in full_lines]
-    csv_rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("full", "part")]
+    csv_rows = [(d / "metrics.csv").read_text().splitlines() for d in (full_dir, tmp_path / "part")]
     assert len(csv_rows[0]) == len(csv_rows[1]) and [r.split(",")[:3] for r in csv_rows[0]] == [r.split(",")[:3] for r in csv_rows[1]]
     sr = runner.SeedRunner(cfg)
-    _, a = checkpoint.restore(tmp_path / "full", sr.abstract_state())
+    _, a = checkpoint.restore(full_dir, sr.abstract_state())
     _, b = checkpoint.restore(tmp_path / "part", sr.abstract_state())
     assert leaves_equal(a.params, b.params)
     assert leaves_equal(a.buffer, b.buffer)
     assert int(a.updates[0]) == int(b.updates[0]) > 0
     # metrics: one train line per chunk, test lines with clean and FGSM results
-    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
     assert {ln["kind"] for ln in lines} == {"train", "test"}
     test = [ln for ln in lines if ln["kind"] == "test"][-1]
     assert "test_won_mean" in test and "test_fgsm_won_mean" in test
-    _check_tensorboard_events(tmp_path / "full", lines)
+    _check_tensorboard_events(full_dir, lines)
     # the run dir's config is data, and resuming with another config is refused
-    assert yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())["train"]["method"] == "cromac"
+    assert yaml.safe_load((full_dir / "config.yaml").read_text())["train"]["method"] == "cromac"
     with pytest.raises(C.ConfigError, match="config differs.*train.t_max"):
-        runner.train(tiny(t_max=900), run_dir=tmp_path / "full", resume=True, out=None)
+        runner.train(tiny(t_max=900), run_dir=full_dir, resume=True, out=None)
     with pytest.raises(C.ConfigError, match="already holds checkpoints"):
-        runner.train(cfg, run_dir=tmp_path / "full", out=None)
+        runner.train(cfg, run_dir=full_dir, out=None)
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_stops_at_a_chunk_boundary_with_a_checkpoint_and_resume_matches(tmp_path):
+def test_sigterm_stops_at_a_chunk_boundary_with_a_checkpoint_and_resume_matches(tmp_path, uninterrupted):
     """A stop requested mid-run (SIGTERM here; Ctrl-C is the same) saves the state it reached,
     between the interval checkpoints, and the resumed run is the uninterrupted one."""
-    cfg = tiny(t_max=500)
-    full = runner.train(cfg, run_dir=tmp_path / "full", out=None)
+    cfg, root, full = uninterrupted
+    full_dir = root / "full"
     seen = []
 
     def stop_after_two_chunks(record):
@@ -122,11 +130,11 @@ def test_sigterm_stops_at_a_chunk_boundary_with_a_checkpoint_and_resume_matches(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     resumed = runner.train(cfg, run_dir=tmp_path / "part", resume=True, out=None)
     assert np.array_equal(resumed.t_env, full.t_env)
-    records = [[(r["kind"], r["t_env"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
-               for d in ("full", "part")]
+    records = [[(r["kind"], r["t_env"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+               for d in (full_dir, tmp_path / "part")]
     assert records[0] == records[1]
     sr = runner.SeedRunner(cfg)
-    _, a = checkpoint.restore(tmp_path / "full", sr.abstract_state())
+    _, a = checkpoint.restore(full_dir, sr.abstract_state())
     _, b = checkpoint.restore(tmp_path / "part", sr.abstract_state())
     assert leaves_equal(a.params, b.params) and leaves_equal(a.buffer, b.buffer)
 

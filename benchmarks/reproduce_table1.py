@@ -214,26 +214,37 @@ def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides
         if sweep._finished(run_dir, cfg):
             _log(out, f"[{i}/{len(runs)}] {r.name}: already finished, skipped")
             continue
-        resume = bool(saved_steps(run_dir))
-        _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(done[r], ',') if resume else 'starting'}")
-        progress.start_run(r.name, i, len(runs), done[r] * cfg.train.num_seeds)
-        # The ledger grows after every chunk, so a process killed outright (SIGKILL, the end of a
-        # session) loses at most one chunk of wall time rather than all of it.
-        add_wall(run_dir, "train_s", 0.0)
-        last = [time.time()]
-
-        def on_chunk(rec, t_max=cfg.train.t_max, run_dir=run_dir, last=last):
-            now = time.time()
-            add_wall(run_dir, "train_s", now - last[0], new_session=False)
-            last[0] = now
-            progress.chunk(rec, t_max)
-
-        try:
-            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, on_chunk=on_chunk)
-        finally:
-            add_wall(run_dir, "train_s", time.time() - last[0], new_session=False)
+        with sweep.claim(run_dir) as mine:
+            if not mine:
+                _log(out, f"[{i}/{len(runs)}] {r.name}: held by another process, skipped")
+                continue
+            if sweep._finished(run_dir, cfg):  # another process finished it meanwhile
+                continue
+            resume = bool(saved_steps(run_dir))
+            done[r] = min(max(saved_steps(run_dir) or [0]), cfg.train.t_max)
+            _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(done[r], ',') if resume else 'starting'}")
+            progress.start_run(r.name, i, len(runs), done[r] * cfg.train.num_seeds)
+            _train_one(runner, cfg, run_dir, resume, out, progress)
     if progress.name:
         progress.show(force=True)
+
+
+def _train_one(runner: Any, cfg: Any, run_dir: Path, resume: bool, out: TextIO | None, progress: "Progress") -> None:
+    # The ledger grows after every chunk, so a process killed outright (SIGKILL, the end of a
+    # session) loses at most one chunk of wall time rather than all of it.
+    add_wall(run_dir, "train_s", 0.0)
+    last = [time.time()]
+
+    def on_chunk(rec: dict[str, Any]) -> None:
+        now = time.time()
+        add_wall(run_dir, "train_s", now - last[0], new_session=False)
+        last[0] = now
+        progress.chunk(rec, cfg.train.t_max)
+
+    try:
+        runner.train(cfg, run_dir=run_dir, resume=resume, out=out, on_chunk=on_chunk)
+    finally:
+        add_wall(run_dir, "train_s", time.time() - last[0], new_session=False)
 
 
 def eval_path(run_dir: Path) -> Path | None:
@@ -268,12 +279,18 @@ def evaluate_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overri
         if has_table1_eval(eval_path(run_dir), episodes, budgets):
             _log(out, f"{r.name}: Table-1 evaluation at step {saved_steps(run_dir)[-1]:,} already there, reused")
             continue
-        _log(out, f"{r.name}: evaluating {episodes} episodes x {cfg.train.num_seeds} seeds under "
-                  f"{', '.join(TABLE1_ATTACKS)} at budgets {', '.join(f'{b:g}' for b in budgets)} x eps")
-        t0 = time.time()
-        run = ev.load_run(run_dir)
-        ev.eval_grid(run, TABLE1_ATTACKS, budgets, episodes, out=out)
-        add_wall(run_dir, "eval_s", time.time() - t0)
+        with sweep.claim(run_dir) as mine:
+            if not mine:
+                _log(out, f"{r.name}: held by another process, not evaluated here")
+                continue
+            if has_table1_eval(eval_path(run_dir), episodes, budgets):  # another process just did it
+                continue
+            _log(out, f"{r.name}: evaluating {episodes} episodes x {cfg.train.num_seeds} seeds under "
+                      f"{', '.join(TABLE1_ATTACKS)} at budgets {', '.join(f'{b:g}' for b in budgets)} x eps")
+            t0 = time.time()
+            run = ev.load_run(run_dir)
+            ev.eval_grid(run, TABLE1_ATTACKS, budgets, episodes, out=out)
+            add_wall(run_dir, "eval_s", time.time() - t0)
 
 
 # ================================================================================ the table
@@ -533,7 +550,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="where the runs go (default: runs/table1_<hardware>/<paper | t<t_max>>)")
     p.add_argument("--results-dir", dest="results_dir", type=Path, default=ROOT / "benchmarks" / "results",
                    help="where the tables and figures go (default: benchmarks/results)")
-    p.add_argument("--share", default="0/1", help="I/N: train and evaluate only every N-th run starting at I")
+    p.add_argument("--share", default="0/1", help="I/N: train and evaluate only every N-th run starting at I; "
+                   "any/N: one of N processes that each take the next run no other process holds")
     p.add_argument("--table-only", dest="table_only", action="store_true", help="train and evaluate nothing: rebuild the tables")
     p.add_argument("--progress-every", dest="progress_every", type=float, default=60.0,
                    help="seconds between overall progress lines (default 60)")
@@ -553,9 +571,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.seeds < 1 or args.episodes < 1 or (args.t_max is not None and args.t_max < 1):
         p.error("--seeds, --episodes and --t-max must be >= 1")
     try:
-        args.share_index, args.share_count = (int(x) for x in args.share.split("/"))
-    except ValueError:
-        p.error(f"--share must look like I/N, got {args.share!r}")
+        args.share_index, args.share_count = sweep.parse_share(args.share)
+    except ConfigError as e:
+        p.error(str(e))
     return args
 
 

@@ -100,10 +100,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         index, count = share_from_environment()
     else:
+        from cromac_jax.config import ConfigError
+        from cromac_jax.sweep import parse_share
+
         try:
-            index, count = (int(x) for x in args.share.split("/"))
-        except ValueError:
-            raise SystemExit(f"cromac sweep: --share must look like I/N or auto, got {args.share!r}") from None
+            index, count = parse_share(args.share, forms="I/N, any/N or auto")
+        except ConfigError as e:
+            raise SystemExit(f"cromac sweep: {e}") from None
     _host_devices(args, args.seeds, processes_here=max(1, count))
     from cromac_jax import sweep
 
@@ -165,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", dest="num_envs", type=int)
     p.add_argument("--out", default="runs/sweep", help="sweep directory (resumable)")
     p.add_argument("--share", default="0/1",
-                   help="I/N: train only every N-th run starting at I; 'auto' reads the process index and count "
-                        "from JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM or Open MPI (one sweep over many processes)")
+                   help="I/N: train only every N-th run starting at I; any/N: one of N processes that each take "
+                        "the next run no other holds (runs of unequal cost keep every process busy); 'auto' reads "
+                        "the process index and count from JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM or Open MPI")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
     _add_cpu_devices_arg(p)
     p.set_defaults(func=_cmd_sweep)

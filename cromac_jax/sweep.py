@@ -3,14 +3,24 @@
 A sweep directory holds one run directory per combination plus ``summary.md`` / ``summary.json``.
 It is resumable: a finished run is skipped, an interrupted one continues from its checkpoint. Runs
 can be split across independent processes with ``--share I/N``: process I takes every N-th run in a
-fixed order, so shares never overlap and any process can write the summary afterwards.
+fixed order, so shares never overlap and any process can write the summary afterwards. Runs differ
+in cost (a CroMAC run costs more than a QMIX one), so fixed shares can leave one process idle
+while another has hours left: with ``--share any/N`` each of N processes takes the next run that
+no other process holds, until none is left.
+
+Whoever trains or evaluates a run holds its claim, an advisory ``flock`` on ``<run dir>/.claim``;
+the OS drops it when the process dies, so a killed run is free for the next process at once, and
+two processes can never write one run directory (with fixed shares too, e.g. one share started twice).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,10 +46,54 @@ def plan(envs: list[str], methods: list[str], mixers: list[str]) -> list[SweepRu
     return [SweepRun(e, m, x) for e, m, x in itertools.product(envs, methods, mixers)]
 
 
-def my_share(runs: list[SweepRun], index: int, count: int) -> list[SweepRun]:
-    if count < 1 or not 0 <= index < count:
+ANY = None  # the share index of ``--share any/N``: every run, taken as claims allow
+
+
+def parse_share(text: str, flag: str = "--share", forms: str = "I/N or any/N") -> tuple[int | None, int]:
+    """``I/N`` -> (I, N); ``any/N`` -> (None, N): N processes taking runs as they come."""
+    try:
+        index, count = text.split("/")
+        parsed = (ANY if index.strip() == "any" else int(index), int(count))
+    except ValueError:
+        raise ConfigError(f"{flag} must look like {forms}, got {text!r}") from None
+    my_share([], *parsed)
+    return parsed
+
+
+def my_share(runs: list[SweepRun], index: int | None, count: int) -> list[SweepRun]:
+    """The runs this process may take: every N-th from I, or with ``any/N`` all of them (each then
+    taken only if no other process holds its claim)."""
+    if count < 1 or (index is not ANY and not 0 <= index < count):
         raise ConfigError(f"--share {index}/{count} is invalid: need 0 <= index < count")
-    return runs[index::count]
+    return list(runs) if index is ANY else runs[index::count]
+
+
+CLAIM_FILE = ".claim"
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[bool]:
+    """Hold ``run_dir``'s claim while the block runs; yields False (and holds nothing) if another
+    process has it. Creates ``run_dir``. Where ``fcntl`` is missing (Windows) every claim succeeds."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX only
+        yield True
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / CLAIM_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def run_config(run: SweepRun, base: list[str], seeds: int) -> config.Config:
@@ -64,7 +118,7 @@ def sweep(
     mixers: list[str],
     seeds: int,
     overrides: list[str] | None = None,
-    share: tuple[int, int] = (0, 1),
+    share: tuple[int | None, int] = (0, 1),
     out: TextIO | None | str = "stdout",
 ) -> list[dict[str, Any]]:
     """Train this process's share of the sweep, then write the summary of every finished run."""
@@ -80,9 +134,15 @@ def sweep(
         if _finished(run_dir, cfg):
             _log(out, f"[{i}/{len(mine)}] {r.name}: already finished, skipped")
             continue
-        resume = bool(checkpoint.all_steps(run_dir))
-        _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")
-        runner.train(cfg, run_dir=run_dir, resume=resume, out=out)
+        with claim(run_dir) as mine_now:
+            if not mine_now:
+                _log(out, f"[{i}/{len(mine)}] {r.name}: held by another process, skipped")
+                continue
+            if _finished(run_dir, cfg):  # finished by another process while this one waited
+                continue
+            resume = bool(checkpoint.all_steps(run_dir))
+            _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")
+            runner.train(cfg, run_dir=run_dir, resume=resume, out=out)
     return summarise(out_dir, runs, out)
 
 

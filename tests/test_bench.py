@@ -290,3 +290,21 @@ def test_reproduce_table1_bad_cpu_devices_is_one_line_before_anything_runs(tmp_p
     with pytest.raises(SystemExit, match="does not divide train.num_seeds=5"):
         t1.main(["--cpu-devices", "2", "--runs-dir", str(tmp_path / "runs")], out=None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_reproduce_table1_any_share_skips_a_held_run(tmp_path, monkeypatch):
+    from cromac_jax import runner, sweep
+
+    fake_train = []  # the claim logic is under test, not training
+    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, **kw: fake_train.append(run_dir.name))
+    t1 = _table1()
+    args = t1.parse_args(["--share", "any/2", "--envs", "hallway_4x5x6"])
+    assert (args.share_index, args.share_count) == (sweep.ANY, 2)
+    runs = t1.plan_runs("hallway_4x5x6", ["cromac", "qmix"])
+    out = io.StringIO()
+    with sweep.claim(tmp_path / runs[0].name):
+        t1.train_runs(tmp_path, runs, 1, [], out, progress_every=1e9)
+    assert fake_train == [runs[1].name]
+    assert f"{runs[0].name}: held by another process, skipped" in out.getvalue()
+    with pytest.raises(SystemExit):
+        t1.parse_args(["--share", "any/x"])

@@ -1,0 +1,82 @@
+"""Run claims: whoever trains or evaluates a run holds an advisory lock on its directory, the OS
+drops it when the process dies, and ``--share any/N`` processes take the runs nobody holds."""
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cromac_jax import sweep
+from cromac_jax.config import ConfigError
+
+
+def test_a_held_claim_is_refused_and_free_again_once_released(tmp_path):
+    run_dir = tmp_path / "a" / "run"
+    with sweep.claim(run_dir) as first:
+        assert first and run_dir.is_dir()  # the claim creates the run directory
+        with sweep.claim(run_dir) as second:
+            assert not second
+    with sweep.claim(run_dir) as again:
+        assert again
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_holder_leaves_the_run_free(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from cromac_jax import sweep
+            with sweep.claim({str(tmp_path)!r}) as held:
+                print("held" if held else "refused", flush=True)
+                time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with sweep.claim(tmp_path) as mine:
+            assert not mine
+        assert (tmp_path / sweep.CLAIM_FILE).read_text().strip() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    with sweep.claim(tmp_path) as mine:
+        assert mine
+
+
+def test_share_parsing_and_any_takes_every_run():
+    assert sweep.parse_share("1/3") == (1, 3)
+    assert sweep.parse_share("any/2") == (sweep.ANY, 2)
+    runs = sweep.plan(["hallway_4x5x6"], ["qmix", "cromac", "ame"], ["qmix"])
+    assert sweep.my_share(runs, sweep.ANY, 2) == runs and sweep.my_share(runs, 1, 2) == runs[1:2]
+    for bad, needle in (("half", "must look like I/N or any/N"), ("2/2", "need 0 <= index < count"),
+                        ("any/0", "need 0 <= index < count"), ("any", "must look like")):
+        with pytest.raises(ConfigError, match=needle):
+            sweep.parse_share(bad)
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """runner.train replaced by a recorder: the claim logic is under test, not training."""
+    from cromac_jax import runner
+
+    trained = []
+    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, **kw: trained.append(run_dir.name))
+    return trained
+
+
+def test_sweep_any_share_skips_a_run_another_process_holds(tmp_path, fake_train):
+    out = io.StringIO()
+    with sweep.claim(tmp_path / "hallway_4x5x6_cromac_qmix"):
+        sweep.sweep(tmp_path, ["hallway_4x5x6"], ["qmix", "cromac", "ame"], ["qmix"], 1,
+                    share=(sweep.ANY, 2), out=out)
+    assert fake_train == ["hallway_4x5x6_qmix_qmix", "hallway_4x5x6_ame_qmix"]
+    assert "hallway_4x5x6_cromac_qmix: held by another process, skipped" in out.getvalue()
+
+
+def test_cli_sweep_names_the_share_forms_on_a_bad_share():
+    from cromac_jax import cli
+
+    with pytest.raises(SystemExit, match="--share must look like I/N, any/N or auto, got 'half'"):
+        cli.main(["sweep", "--share", "half"])

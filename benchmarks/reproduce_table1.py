@@ -167,22 +167,32 @@ def _fmt_time(seconds: float | None) -> str:
 
 class Progress:
     """A bar over every run of this invocation: env steps (summed over seeds) done of the total,
-    with the training ETA from the rate of this session."""
+    with the training ETA from this session's rate. Steps a run had before this session (restored
+    from its checkpoint, or made by another process) count as done but not towards the rate; with
+    ``--share any/N`` the total is every run, shared by N processes assumed to go at this one's rate."""
 
-    def __init__(self, total: int, done: int, out: TextIO | None, every: float):
-        self.total, self.done, self.out, self.every = total, done, out, every
-        self.start_done, self.t0, self.last = done, time.time(), 0.0
-        self.run_base = 0  # steps of the current run already counted in done
+    def __init__(self, total: int, out: TextIO | None, every: float, processes: int = 1):
+        self.total, self.out, self.every, self.processes = total, out, every, processes
+        self.done = self.session = 0
+        self.known: dict[str, int] = {}
+        self.t0, self.last = time.time(), 0.0
+        self.t_max = 0
         self.name, self.index, self.count = "", 0, 0
 
+    def count_steps(self, name: str, steps: int, this_session: bool) -> None:
+        delta = steps - self.known.get(name, 0)
+        self.known[name] = steps
+        self.done += delta
+        if this_session:
+            self.session += delta
+
     def start_run(self, name: str, index: int, count: int, already: int) -> None:
-        self.name, self.index, self.count, self.run_base = name, index, count, already
+        self.name, self.index, self.count = name, index, count
+        self.count_steps(name, already, this_session=False)
         self.show(force=True)
 
     def chunk(self, record: dict[str, Any], t_max: int) -> None:
-        now = int(sum(min(int(t), t_max) for t in record["t_env"]))
-        self.done += now - self.run_base
-        self.run_base = now
+        self.count_steps(self.name, int(sum(min(int(t), t_max) for t in record["t_env"])), this_session=True)
         self.show()
 
     def show(self, force: bool = False) -> None:
@@ -191,24 +201,42 @@ class Progress:
         self.last = time.time()
         frac = self.done / max(self.total, 1)
         elapsed = time.time() - self.t0
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        rate = self.session / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / (rate * self.processes) if rate > 0 else float("nan")
         bar = "#" * int(round(30 * frac)) + "." * (30 - int(round(30 * frac)))
         where = f" | run {self.index}/{self.count} {self.name}" if self.name else ""
+        approx = f" ~{_fmt_time(eta)} over {self.processes} processes" if self.processes > 1 else f" {_fmt_time(eta)}"
         print(f"[table1 {bar}] {100 * frac:5.1f}% of {self.total:,} env steps{where} | elapsed {_fmt_time(elapsed)} "
-              f"| training ETA {_fmt_time(eta)}", file=self.out, flush=True)
+              f"| training ETA{approx}", file=self.out, flush=True)
+
+
+def resumed_steps(run_dir: Path, t_max: int, seeds: int) -> int:
+    """Env steps, summed over seeds, of the state a run resumes from: seeds run at different rates,
+    so the checkpoint's name (the slowest seed's step) undercounts; the train record written with
+    that checkpoint has every seed's."""
+    steps = saved_steps(run_dir)
+    if not steps:
+        return 0
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in reversed(path.read_text().splitlines()):
+            rec = json.loads(line) if '"kind": "train"' in line else None
+            if rec is not None and int(min(rec["t_env"])) == steps[-1]:
+                return int(sum(min(int(t), t_max) for t in rec["t_env"]))
+    return min(steps[-1], t_max) * seeds
 
 
 # ================================================================================ train + evaluate
 def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
-               out: TextIO | None, progress_every: float) -> None:
+               out: TextIO | None, progress_every: float, processes: int = 1) -> None:
     """Train (or resume) every run that has not reached its budget; finished runs are skipped."""
     from cromac_jax import runner
 
     cfgs = {r: sweep.run_config(r, overrides, seeds) for r in runs}  # every config is checked first
-    done = {r: min(max(saved_steps(runs_dir / r.name) or [0]), cfgs[r].train.t_max) for r in runs}
     total = sum(c.train.t_max * c.train.num_seeds for c in cfgs.values())
-    progress = Progress(total, sum(done[r] * cfgs[r].train.num_seeds for r in runs), out, progress_every)
+    progress = Progress(total, out, progress_every, processes)
+    for r in runs:
+        progress.count_steps(r.name, resumed_steps(runs_dir / r.name, cfgs[r].train.t_max, seeds), this_session=False)
     for i, r in enumerate(runs, 1):
         cfg, run_dir = cfgs[r], runs_dir / r.name
         if sweep._finished(run_dir, cfg):
@@ -220,11 +248,10 @@ def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides
                 continue
             if sweep._finished(run_dir, cfg):  # another process finished it meanwhile
                 continue
-            resume = bool(saved_steps(run_dir))
-            done[r] = min(max(saved_steps(run_dir) or [0]), cfg.train.t_max)
-            _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(done[r], ',') if resume else 'starting'}")
-            progress.start_run(r.name, i, len(runs), done[r] * cfg.train.num_seeds)
-            _train_one(runner, cfg, run_dir, resume, out, progress)
+            steps = saved_steps(run_dir)
+            _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(steps[-1], ',') if steps else 'starting'}")
+            progress.start_run(r.name, i, len(runs), resumed_steps(run_dir, cfg.train.t_max, seeds))
+            _train_one(runner, cfg, run_dir, bool(steps), out, progress)
     if progress.name:
         progress.show(force=True)
 
@@ -611,7 +638,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
               + (f", this process's share {args.share}: {len(mine)}" if args.share_count > 1 else "")
               + f"; {args.seeds} seeds each; runs in {runs_dir}")
     if not args.table_only:
-        train_runs(runs_dir, mine, args.seeds, overrides, out, args.progress_every)
+        sharing = args.share_count if args.share_index is sweep.ANY else 1
+        train_runs(runs_dir, mine, args.seeds, overrides, out, args.progress_every, sharing)
         evaluate_runs(runs_dir, mine, args.seeds, overrides, args.episodes, attacks_budgets, out)
         sweep.summarise(runs_dir, every, out=None)  # the sweep's own summary.md / summary.json
     hw = B.hardware_info()

@@ -308,3 +308,25 @@ def test_reproduce_table1_any_share_skips_a_held_run(tmp_path, monkeypatch):
     assert f"{runs[0].name}: held by another process, skipped" in out.getvalue()
     with pytest.raises(SystemExit):
         t1.parse_args(["--share", "any/x"])
+
+
+def test_progress_counts_restored_steps_as_done_but_not_towards_the_rate(tmp_path, monkeypatch):
+    t1 = _table1()
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    records = [{"kind": "train", "t_env": [100, 150]},  # the chunk the checkpoint at 100 was saved after
+               {"kind": "test", "t_env": [100, 150]},
+               {"kind": "train", "t_env": [120, 190]}]  # written by a process killed before its next checkpoint
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(t1, "saved_steps", lambda d: [100] if d == run_dir else [])
+    assert t1.resumed_steps(run_dir, t_max=1000, seeds=2) == 250  # not 2 x 100 (the slowest seed's)
+    assert t1.resumed_steps(run_dir, t_max=120, seeds=2) == 220
+    assert t1.resumed_steps(tmp_path / "fresh", t_max=1000, seeds=2) == 0
+    out = io.StringIO()
+    p = t1.Progress(total=4000, out=out, every=0.0, processes=2)
+    p.count_steps("r", 250, this_session=False)
+    p.start_run("r", 1, 2, 250)
+    p.chunk({"t_env": [200, 250]}, t_max=1000)
+    assert p.done == 450 and p.session == 200
+    line = out.getvalue().splitlines()[-1]
+    assert "11.2% of 4,000 env steps | run 1/2 r" in line and "over 2 processes" in line

@@ -14,10 +14,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
@@ -69,6 +71,16 @@ def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding 
         return None
     mesh = Mesh(np.array(devices[:n]), ("seeds",), axis_types=(AxisType.Auto,))
     return NamedSharding(mesh, PartitionSpec("seeds"))
+
+
+@jax.jit
+def _take_seeds(state: Any, idx: jax.Array) -> Any:
+    return jax.tree.map(lambda x: x[idx], state)
+
+
+@partial(jax.jit, donate_argnums=0)
+def _put_seeds(state: Any, sub: Any, idx: jax.Array) -> Any:
+    return jax.tree.map(lambda x, y: x.at[idx].set(y), state, sub)
 
 
 def to_host(tree: Any) -> Any:
@@ -127,23 +139,65 @@ class SeedRunner:
         return jax.eval_shape(self._init)
 
     def chunk(self, state: Any) -> tuple[Any, Any]:
+        """One compiled chunk of every seed; on one device, of every seed still under its budget.
+
+        Seeds use their env steps at different rates (a seed whose episodes are short needs more
+        iterations: in the hallway reproduction one seed was at 0.5M steps when another was at
+        1.4M), and a vmapped program computes every seed in every iteration, so a seed that has
+        used its budget would keep costing a full share of each chunk only for ``budgeted_iteration``
+        to throw the result away. On one device such seeds are left out: the chunk runs on the
+        others (compiled once per number of seeds left) and the finished seeds' state is kept
+        as it is. Their metrics are NaN, except the counters. Runs whose seeds are laid over
+        several devices or processes keep the full program (a seed subset would not divide
+        over the same devices)."""
+        t = self.cfg.train
+        if self.sharding is None and t.num_seeds > 1 and jax.process_count() == 1:
+            active = np.flatnonzero(np.asarray(state.t_env) < t.t_max)
+            if 0 < len(active) < t.num_seeds:
+                return self._chunk_of(state, active)
         return self._chunk(state)
+
+    def _chunk_of(self, state: Any, active: np.ndarray) -> tuple[Any, Any]:
+        idx = jnp.asarray(active)
+        sub, metrics = self._chunk(_take_seeds(state, idx))
+        state = _put_seeds(state, sub, idx)
+        counters = {"t_env": state.t_env, "episodes": state.episodes, "updates": state.updates}
+        t_env = counters["t_env"]
+        counters["epsilon"] = self.trainer.epsilon(t_env)
+        counters["robust_on"] = self.trainer.robust_on(t_env)
+        full = {}
+        for name, arr in metrics._asdict().items():
+            arr = np.asarray(arr)
+            if name in counters:
+                out = np.repeat(np.asarray(counters[name]).astype(arr.dtype)[:, None], arr.shape[1], axis=1)
+            else:
+                out = np.full((self.cfg.train.num_seeds, arr.shape[1]), np.nan, dtype=np.float64)
+            out[active] = arr
+            full[name] = out
+        return state, type(metrics)(**full)
 
     def tests(self, state: Any, t_env: int) -> dict[str, Any]:
         """Greedy test episodes of every seed, clean and under FGSM; keyed by the env step."""
         return self._tests(state, np.uint32(t_env))
 
 
-def _summarise(metrics: Any) -> dict[str, list[float]]:
-    """Per-seed means over the chunk's iterations (counters: last value)."""
+def _summarise(metrics: Any) -> dict[str, list[float | None]]:
+    """Per-seed means over the chunk's iterations (counters: last value). A seed that did not
+    train in the chunk (it had used its budget) has None (JSON null) for everything but counters."""
     out = {}
     for name, arr in metrics._asdict().items():
         a = np.asarray(arr, dtype=np.float64)  # [S, K]
         if name in ("t_env", "episodes", "updates", "epsilon", "robust_on"):
             out[name] = a[:, -1].tolist()
         else:
-            out[name] = a.mean(axis=1).tolist()
+            out[name] = [None if math.isnan(v) else v for v in a.mean(axis=1).tolist()]
     return out
+
+
+def seed_mean(values: list[float | None]) -> float:
+    """The mean over the seeds that have a value (seeds past their budget have None)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(a)) if np.any(np.isfinite(a)) else float("nan")
 
 
 def _test_summary(tests: dict[str, Any]) -> dict[str, list[float]]:
@@ -256,8 +310,7 @@ def _train(
             dt = time.time() - c0
             if chunks == 1:
                 _log(out, f"first chunk (compile + run) took {time.time() - compile_t0:.1f}s")
-            _check_finite(metrics, run_dir)
-            loss = np.asarray(summary["loss"])
+            _check_finite(metrics, run_dir, trained=prev < t.t_max)
             record = {"kind": "train", "chunk_seconds": dt, **summary}
             sink.write(record)
             if on_chunk:
@@ -271,9 +324,9 @@ def _train(
                     test_txt += (f" | fgsm won {np.mean(last_test['test_fgsm_won_mean']):.2f}"
                                  f" ret {np.mean(last_test['test_fgsm_return_mean']):.3g}")
             _log(out, f"t_env {int(np.min(t_env)):>9,}/{t.t_max:,} ({100 * min(1.0, np.min(t_env) / t.t_max):5.1f}%) "
-                      f"| {rate:,.0f} steps/s | return {np.mean(summary['return_mean']):.3f} "
-                      f"won {np.mean(summary['won_mean']):.2f} | eps {np.mean(summary['epsilon']):.2f} "
-                      f"| loss {np.mean(loss):.3f}{test_txt} | eta {_fmt_eta(eta)}")
+                      f"| {rate:,.0f} steps/s | return {seed_mean(summary['return_mean']):.3f} "
+                      f"won {seed_mean(summary['won_mean']):.2f} | eps {np.mean(summary['epsilon']):.2f} "
+                      f"| loss {seed_mean(summary['loss']):.3f}{test_txt} | eta {_fmt_eta(eta)}")
             step = int(np.min(t_env))
             if t.t_max > step >= next_test:  # the final test, after the loop, covers t_max
                 test_now()
@@ -312,13 +365,16 @@ def _train(
 LOSS_PARTS = ("td", "vae", "poe", "robust", "loss", "grad_norm")
 
 
-def _check_finite(metrics: Any, run_dir: Path) -> None:
+def _check_finite(metrics: Any, run_dir: Path, trained: np.ndarray | None = None) -> None:
     """Stop at the first iteration whose loss is not finite, naming the loss, seed and step.
+    ``trained`` [S]: the seeds that trained in the chunk (the others' losses are NaN or thrown away).
 
     The state that produced it is never saved; the last checkpoint on disk stays loadable."""
     for part in LOSS_PARTS:
         values = np.asarray(getattr(metrics, part))  # [S, K]
         bad = ~np.isfinite(values)
+        if trained is not None:
+            bad &= np.asarray(trained, dtype=bool)[:, None]
         if bad.any():
             seed, k = (int(i[0]) for i in np.nonzero(bad))
             step = int(np.asarray(metrics.t_env)[seed, k])
@@ -338,8 +394,9 @@ def _write_csv(path: Path, record: dict) -> None:
     with path.open("a") as f:
         if new:
             f.write("seed," + ",".join(CSV_FIELDS) + "\n")
-        for seed in range(len(record["t_env"])):
-            f.write(f"{seed}," + ",".join(repr(float(record[k][seed])) for k in CSV_FIELDS) + "\n")
+        for seed in range(len(record["t_env"])):  # an empty cell: the seed did not train (None)
+            f.write(f"{seed}," + ",".join("" if record[k][seed] is None else repr(float(record[k][seed]))
+                                          for k in CSV_FIELDS) + "\n")
 
 
 def drop_records_after(run_dir: Path, t_env: np.ndarray) -> int:

@@ -48,9 +48,13 @@ class Writer:
                     prefix, metric = "test_fgsm", metric[len("fgsm_"):]
             else:
                 prefix, metric = "train", name
-            self._w.add_scalar(f"{prefix}/{metric}", float(arr.mean()), step)
+            if not np.any(np.isfinite(arr)):
+                continue
+            # seeds past their budget have no train metrics (NaN): the mean is over the others
+            self._w.add_scalar(f"{prefix}/{metric}", float(np.nanmean(arr)), step)
             for seed, v in enumerate(arr):
-                self._w.add_scalar(f"seed{seed}/{prefix}/{metric}", float(v), step)
+                if np.isfinite(v):
+                    self._w.add_scalar(f"seed{seed}/{prefix}/{metric}", float(v), step)
 
     def flush(self) -> None:
         """Per chunk, so a run killed at any point has its curves on disk."""

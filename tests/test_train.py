@@ -7,6 +7,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -32,12 +33,18 @@ def leaves_equal(a, b):
     return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.fixture(scope="module")
+def two_seeds():
+    """One compiled two-seed runner shared by the tests below (compiling it is most of their time)."""
+    return runner.SeedRunner(tiny(num_seeds=2))
+
+
 @pytest.mark.timeout(300)
-def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs():
+def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs(two_seeds):
     """Multi-seed training must not hang (QR-under-vmap trap) and seed s of an S-seed run is
     the same run as seed s alone."""
-    cfg2 = tiny(num_seeds=2)
-    r2 = runner.SeedRunner(cfg2)
+    r2 = two_seeds
+    cfg2 = r2.cfg
     s2, m2 = r2.chunk(r2.init_state())
     # every seed stops at exactly its own budget, even though seeds run at different rates
     done = jax.tree.map(lambda x: x.copy(), s2)
@@ -60,6 +67,36 @@ def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs():
     assert not leaves_equal(p0, p1)
     assert np.asarray(m2.updates).shape == (2, 3)
     assert np.asarray(seed_keys(cfg2)).shape[0] == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_seed_past_its_budget_is_left_out_of_the_chunk(tmp_path, two_seeds):
+    """On one device a finished seed is not computed again: its state stays as it was, its train
+    metrics are NaN (None in the records), and the other seeds train as in the full program."""
+    r = two_seeds
+    cfg = r.cfg
+    assert r.sharding is None
+    state, _ = r.chunk(r.init_state())
+    state = state.replace(t_env=state.t_env.at[0].set(cfg.train.t_max))  # seed 0 has used its budget
+    before = jax.tree.map(np.asarray, state)
+    full_state, full_m = r._chunk(jax.tree.map(jnp.copy, state))  # every seed, seed 0 frozen in-program
+    new, m = r.chunk(state)
+    seed = lambda tree, i: jax.tree.map(lambda x: np.asarray(x)[i], tree)  # noqa: E731
+    assert leaves_equal(seed(new, 0), seed(before, 0)) and leaves_equal(seed(full_state, 0), seed(before, 0))
+    for x, y in zip(jax.tree.leaves(seed(new.params, 1)), jax.tree.leaves(seed(full_state.params, 1))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert int(new.t_env[1]) > int(before.t_env[1]) and int(new.updates[1]) == int(full_state.updates[1])
+    loss = np.asarray(m.loss)
+    assert np.all(np.isnan(loss[0])) and np.all(np.isfinite(loss[1]))
+    np.testing.assert_allclose(loss[1], np.asarray(full_m.loss)[1], rtol=1e-4)
+    assert np.all(np.asarray(m.t_env)[0] == cfg.train.t_max) and np.all(np.asarray(m.updates)[0] == int(before.updates[0]))
+    record = runner._summarise(m)
+    assert record["loss"][0] is None and record["loss"][1] is not None and record["t_env"][0] == cfg.train.t_max
+    assert runner.seed_mean(record["loss"]) == pytest.approx(record["loss"][1])
+    runner._check_finite(m, tmp_path, trained=np.array([False, True]))  # seed 0's NaNs are not an error
+    runner._write_csv(tmp_path / "m.csv", {"kind": "train", **record})
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[1].startswith("0,") and ",," in rows[1] and ",," not in rows[2]
 
 
 @pytest.fixture(scope="module")

@@ -316,7 +316,8 @@ def _train(
             if on_chunk:
                 on_chunk(record)
             rate = float(np.sum(t_env - prev)) / max(dt, 1e-9)
-            eta = max(0.0, t.t_max - float(np.min(t_env))) / max(rate / t.num_seeds, 1e-9)
+            slowest = int(np.argmin(t_env))  # the run ends when its slowest seed does
+            eta = max(0.0, t.t_max - float(t_env[slowest])) / max(float(t_env[slowest] - prev[slowest]) / max(dt, 1e-9), 1e-9)
             test_txt = ""
             if last_test:
                 test_txt = f" | test won {np.mean(last_test['test_won_mean']):.2f} ret {np.mean(last_test['test_return_mean']):.3g}"

@@ -131,6 +131,7 @@ class SeedRunner:
             return jax.vmap(one)(state.params, state.env_run, keys)
 
         self._tests = jax.jit(tests, **({} if self.sharding is None else tests_out))
+        self._device_chunks: dict[tuple[int, ...], Any] = {}  # chunks over a subset of the devices
 
     def init_state(self) -> Any:
         return self._init()
@@ -139,32 +140,61 @@ class SeedRunner:
         return jax.eval_shape(self._init)
 
     def chunk(self, state: Any) -> tuple[Any, Any]:
-        """One compiled chunk of every seed; on one device, of every seed still under its budget.
+        """One compiled chunk of every seed still under its budget.
 
         Seeds use their env steps at different rates (a seed whose episodes are short needs more
         iterations: in the hallway reproduction one seed was at 0.5M steps when another was at
         1.4M), and a vmapped program computes every seed in every iteration, so a seed that has
         used its budget would keep costing a full share of each chunk only for ``budgeted_iteration``
-        to throw the result away. On one device such seeds are left out: the chunk runs on the
-        others (compiled once per number of seeds left) and the finished seeds' state is kept
-        as it is. Their metrics are NaN, except the counters. Runs whose seeds are laid over
-        several devices or processes keep the full program (a seed subset would not divide
-        over the same devices)."""
+        to throw the result away. Such seeds are left out: on one device the chunk runs on the
+        other seeds (compiled once per number of seeds left); with the seeds laid over several
+        devices, on the devices that still hold a training seed (their shards are used in place).
+        The left-out seeds' state is kept as it is and their metrics are NaN, except the counters.
+        A multi-process run keeps the full program (its processes would have to agree on it)."""
         t = self.cfg.train
-        if self.sharding is None and t.num_seeds > 1 and jax.process_count() == 1:
-            active = np.flatnonzero(np.asarray(state.t_env) < t.t_max)
-            if 0 < len(active) < t.num_seeds:
-                return self._chunk_of(state, active)
+        if t.num_seeds > 1 and jax.process_count() == 1:
+            active = np.asarray(state.t_env) < t.t_max
+            if 0 < active.sum() < t.num_seeds:
+                if self.sharding is None:
+                    return self._chunk_of(state, np.flatnonzero(active))
+                return self._chunk_on_devices(state, active)
         return self._chunk(state)
 
-    def _chunk_of(self, state: Any, active: np.ndarray) -> tuple[Any, Any]:
-        idx = jnp.asarray(active)
+    def _chunk_of(self, state: Any, seeds: np.ndarray) -> tuple[Any, Any]:
+        idx = jnp.asarray(seeds)
         sub, metrics = self._chunk(_take_seeds(state, idx))
         state = _put_seeds(state, sub, idx)
-        counters = {"t_env": state.t_env, "episodes": state.episodes, "updates": state.updates}
-        t_env = counters["t_env"]
-        counters["epsilon"] = self.trainer.epsilon(t_env)
-        counters["robust_on"] = self.trainer.robust_on(t_env)
+        return state, self._full_metrics(metrics, seeds, state)
+
+    def _chunk_on_devices(self, state: Any, active: np.ndarray) -> tuple[Any, Any]:
+        devices = list(self.sharding.mesh.devices.flat)
+        per = self.cfg.train.num_seeds // len(devices)  # device i holds seeds [i*per, (i+1)*per)
+        busy = [i for i in range(len(devices)) if active[i * per:(i + 1) * per].any()]
+        if len(busy) == len(devices):
+            return self._chunk(state)
+        if tuple(busy) not in self._device_chunks:
+            mesh = Mesh(np.array([devices[i] for i in busy]), ("seeds",), axis_types=(AxisType.Auto,))
+            sub_sh = NamedSharding(mesh, PartitionSpec("seeds"))
+            fn = jax.jit(jax.vmap(self.trainer.train_chunk), out_shardings=(sub_sh, NamedSharding(mesh, PartitionSpec())))
+            self._device_chunks[tuple(busy)] = (fn, sub_sh)
+        fn, sub_sh = self._device_chunks[tuple(busy)]
+
+        def shard(x: jax.Array, i: int) -> jax.Array:
+            return next(s.data for s in x.addressable_shards if s.device == devices[i])
+
+        sub = jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+            (len(busy) * per,) + x.shape[1:], sub_sh, [shard(x, i) for i in busy]), state)
+        sub, metrics = fn(sub)
+        state = jax.tree.map(lambda x, y: jax.make_array_from_single_device_arrays(
+            x.shape, self.sharding, [shard(y, i) if i in busy else shard(x, i) for i in range(len(devices))]), state, sub)
+        seeds = np.concatenate([np.arange(i * per, (i + 1) * per) for i in busy])
+        return state, self._full_metrics(metrics, seeds, state)
+
+    def _full_metrics(self, metrics: Any, seeds: np.ndarray, state: Any) -> Any:
+        """[S, K] metrics from a chunk of the seeds ``seeds``: the others' counters, NaN elsewhere."""
+        t_env = jnp.asarray(np.asarray(state.t_env))
+        counters = {"t_env": t_env, "episodes": state.episodes, "updates": state.updates,
+                    "epsilon": self.trainer.epsilon(t_env), "robust_on": self.trainer.robust_on(t_env)}
         full = {}
         for name, arr in metrics._asdict().items():
             arr = np.asarray(arr)
@@ -172,9 +202,9 @@ class SeedRunner:
                 out = np.repeat(np.asarray(counters[name]).astype(arr.dtype)[:, None], arr.shape[1], axis=1)
             else:
                 out = np.full((self.cfg.train.num_seeds, arr.shape[1]), np.nan, dtype=np.float64)
-            out[active] = arr
+            out[seeds] = arr
             full[name] = out
-        return state, type(metrics)(**full)
+        return type(metrics)(**full)
 
     def tests(self, state: Any, t_env: int) -> dict[str, Any]:
         """Greedy test episodes of every seed, clean and under FGSM; keyed by the env step."""

@@ -33,6 +33,20 @@ SCRIPT = textwrap.dedent(
         "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
         "updates": np.asarray(metrics.updates).tolist(),
     }
+    # seed 0 has used its budget: the next chunk runs on the device holding seed 1 only
+    t_env = jax.device_put(state.t_env.at[0].set(cfg.train.t_max), state.t_env.sharding)
+    state = state.replace(t_env=t_env)
+    frozen = jax.tree.map(np.asarray, state)
+    state, metrics = sr.chunk(state)
+    leaf = jax.tree.leaves(state.params)[0]
+    out.update({
+        "after_sharded_over": len(leaf.sharding.device_set),
+        "after_params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
+        "seed0_kept": all(np.array_equal(np.asarray(x)[0], np.asarray(y)[0])
+                          for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(frozen))),
+        "loss_nan": np.isnan(np.asarray(metrics.loss)).all(axis=1).tolist(),
+        "after_updates": np.asarray(state.updates).tolist(),
+    })
     sys.stdout.write("RESULT" + json.dumps(out))
     """
 )
@@ -52,6 +66,12 @@ def test_two_forced_cpu_devices_shard_seeds_and_match_one_device():
     state, metrics = sr.chunk(sr.init_state())
     assert np.asarray(metrics.updates).tolist() == res["updates"]
     for mine, theirs in zip(jax.tree.leaves(state.params), res["params"], strict=True):
+        np.testing.assert_allclose(np.asarray(mine).ravel(), np.asarray(theirs), rtol=1e-4, atol=1e-5)
+    # a finished seed is left out on two devices (its device idles) as on one (it is sliced out)
+    assert res["seed0_kept"] and res["loss_nan"] == [True, False] and res["after_sharded_over"] == 2
+    state, metrics = sr.chunk(state.replace(t_env=state.t_env.at[0].set(sr.cfg.train.t_max)))
+    assert np.asarray(state.updates).tolist() == res["after_updates"]
+    for mine, theirs in zip(jax.tree.leaves(state.params), res["after_params"], strict=True):
         np.testing.assert_allclose(np.asarray(mine).ravel(), np.asarray(theirs), rtol=1e-4, atol=1e-5)
 
 

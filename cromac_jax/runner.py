@@ -211,16 +211,21 @@ class SeedRunner:
         return self._tests(state, np.uint32(t_env))
 
 
-def _summarise(metrics: Any) -> dict[str, list[float | None]]:
+def _summarise(metrics: Any, trained: np.ndarray | None = None) -> dict[str, list[float | None]]:
     """Per-seed means over the chunk's iterations (counters: last value). A seed that did not
-    train in the chunk (it had used its budget) has None (JSON null) for everything but counters."""
+    train in the chunk (``trained`` False: it had used its budget) has None (JSON null) for
+    everything but counters, whether it was left out of the chunk or computed and thrown away
+    (a multi-process run), so the records do not depend on how the seeds were laid out."""
     out = {}
     for name, arr in metrics._asdict().items():
         a = np.asarray(arr, dtype=np.float64)  # [S, K]
         if name in ("t_env", "episodes", "updates", "epsilon", "robust_on"):
             out[name] = a[:, -1].tolist()
         else:
-            out[name] = [None if math.isnan(v) else v for v in a.mean(axis=1).tolist()]
+            means = a.mean(axis=1)
+            if trained is not None:
+                means = np.where(np.asarray(trained, dtype=bool), means, np.nan)
+            out[name] = [None if math.isnan(v) else v for v in means.tolist()]
     return out
 
 
@@ -334,7 +339,7 @@ def _train(
             c0 = time.time()
             prev = t_env
             state, metrics = runner.chunk(state)
-            summary = _summarise(metrics)
+            summary = _summarise(metrics, trained=prev < t.t_max)
             chunks += 1
             t_env = np.asarray(summary["t_env"], dtype=np.int64)
             dt = time.time() - c0

@@ -176,7 +176,6 @@ class Progress:
         self.done = self.session = 0
         self.known: dict[str, int] = {}
         self.t0, self.last = time.time(), 0.0
-        self.t_max = 0
         self.name, self.index, self.count = "", 0, 0
 
     def count_steps(self, name: str, steps: int, this_session: bool) -> None:
@@ -192,7 +191,7 @@ class Progress:
         self.show(force=True)
 
     def chunk(self, record: dict[str, Any], t_max: int) -> None:
-        self.count_steps(self.name, int(sum(min(int(t), t_max) for t in record["t_env"])), this_session=True)
+        self.count_steps(self.name, steps_within_budget(record["t_env"], t_max), this_session=True)
         self.show()
 
     def show(self, force: bool = False) -> None:
@@ -210,6 +209,11 @@ class Progress:
               f"| training ETA{approx}", file=self.out, flush=True)
 
 
+def steps_within_budget(t_env: Sequence[float], t_max: int) -> int:
+    """A record's env steps summed over seeds, each counted up to the budget it trains to."""
+    return int(sum(min(int(t), t_max) for t in t_env))
+
+
 def resumed_steps(run_dir: Path, t_max: int, seeds: int) -> int:
     """Env steps, summed over seeds, of the state a run resumes from: seeds run at different rates,
     so the checkpoint's name (the slowest seed's step) undercounts; the train record written with
@@ -222,7 +226,7 @@ def resumed_steps(run_dir: Path, t_max: int, seeds: int) -> int:
         for line in reversed(path.read_text().splitlines()):
             rec = json.loads(line) if '"kind": "train"' in line else None
             if rec is not None and int(min(rec["t_env"])) == steps[-1]:
-                return int(sum(min(int(t), t_max) for t in rec["t_env"]))
+                return steps_within_budget(rec["t_env"], t_max)
     return min(steps[-1], t_max) * seeds
 
 

@@ -104,6 +104,7 @@ class TrainConfig:
     test_interval: int = 10_000  # env steps
     test_nepisode: int = 20
     chunk_iterations: int = 0  # 0 = choose from test_interval
+    slot_buckets: int = 4  # learner batches are trimmed to one of this many lengths; 1 = never trim
     checkpoint_interval: int = 100_000  # env steps
     tensorboard: bool = True  # also write TensorBoard events when tensorboardX is installed
     run_dir: str = "runs"
@@ -144,7 +145,7 @@ def _validate(cfg: Config) -> None:
     _check(c.robust_start >= 0, "cromac.robust_start", c.robust_start, "must be >= 0")
     _check(c.clamp_layers in CLAMP_LAYERS, "cromac.clamp_layers", c.clamp_layers, f"choose one of {', '.join(CLAMP_LAYERS)}")
     _check(c.clamp_start >= -1, "cromac.clamp_start", c.clamp_start, "must be >= 0, or -1 for 'at robust_start'")
-    for name in ("num_seeds", "t_max", "num_envs", "batch_size", "buffer_size", "target_update_interval", "test_interval", "checkpoint_interval"):
+    for name in ("num_seeds", "t_max", "num_envs", "batch_size", "buffer_size", "target_update_interval", "test_interval", "checkpoint_interval", "slot_buckets"):
         _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
     for name in ("updates_per_iteration", "chunk_iterations", "test_nepisode", "epsilon_anneal_time", "learning_starts", "seed"):
         _check(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "must be >= 0")

@@ -122,11 +122,21 @@ def gaussian_kl_std_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
 
 
-def state_vae_loss(model: CromacModel, params: Params, state: jax.Array, key: jax.Array):
+def slot_noise(key: jax.Array, shape: tuple[int, ...], slots: int | None = None) -> jax.Array:
+    """Standard normal noise for [B, T, ...] slots, drawn as for ``slots`` >= T slots and cut to
+    T: a batch the learner trimmed to its filled slots sees the same draws as the full batch,
+    so trimming changes the cost of an update and nothing else."""
+    if slots is None or slots == shape[1]:
+        return jax.random.normal(key, shape)
+    return jax.random.normal(key, (shape[0], slots, *shape[2:]))[:, : shape[1]]
+
+
+def state_vae_loss(model: CromacModel, params: Params, state: jax.Array, key: jax.Array, slots: int | None = None):
     """Paper eq. 13 per slot: squared reconstruction error (a unit-variance Gaussian
-    likelihood up to a constant) plus KL to the prior. Returns (loss [B,T1], z, mean, logvar)."""
+    likelihood up to a constant) plus KL to the prior. Returns (loss [B,T1], z, mean, logvar);
+    ``slots``: see ``slot_noise``."""
     mean, logvar = model.encode_state(params, state)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+    z = mean + jnp.exp(0.5 * logvar) * slot_noise(key, mean.shape, slots)
     recon = model.decode_state(params, z)
     loss = jnp.sum((recon - state) ** 2, axis=-1) + gaussian_kl_std_normal(mean, logvar)
     return loss, z, mean, logvar
@@ -177,11 +187,17 @@ def loss_fn(
     robust_on: jax.Array,
     key: jax.Array,
     w: LossWeights,
+    slots: int | None = None,
 ) -> tuple[jax.Array, LossAux]:
-    """The total loss of eq. 17 and its parts, for one batch of episodes."""
+    """The total loss of eq. 17 and its parts, for one batch of episodes.
+
+    ``slots``: the episode's full slot count (episode_limit + 1) when ``batch`` was trimmed to
+    fewer (``trim_slots``); the slot-mean losses keep the official normaliser B * T1 and the
+    random draws are those of the full batch, so the result equals the untrimmed loss."""
     method = model.method
     k_online, k_target, k_vae, k_tvae = jax.random.split(key, 4)
-    B, T1 = batch.reward.shape
+    B, T = batch.reward.shape
+    T1 = T if slots is None else slots
     filled = batch.filled.astype(jnp.float32)
     mask = jnp.concatenate([filled[:, 1:], jnp.zeros((B, 1))], axis=1)  # transition t valid
     h = unroll(model, params, batch.obs)
@@ -191,18 +207,18 @@ def loss_fn(
     vae_l = poe_l = rob_l = zeros
     z = z_tgt = None
     if method.state_vae:
-        vae_per, z, st_mean, st_logvar = state_vae_loss(model, params, batch.state, k_vae)
+        vae_per, z, st_mean, st_logvar = state_vae_loss(model, params, batch.state, k_vae, T1)
         vae_l = jnp.sum(vae_per * filled) / (B * T1)
         t_mean, t_logvar = model.encode_state(target_params, batch.state)  # no decoder needed
-        z_tgt = jax.lax.stop_gradient(t_mean + jnp.exp(0.5 * t_logvar) * jax.random.normal(k_tvae, t_mean.shape))
+        z_tgt = jax.lax.stop_gradient(t_mean + jnp.exp(0.5 * t_logvar) * slot_noise(k_tvae, t_mean.shape, T1))
         if method.messages == "poe":
             poe_l = jnp.sum(poe_distillation_loss(model, params, h, st_mean, st_logvar) * filled) / (B * T1)
         if method.robust:
             rob = robust_overlap_loss(model, params, h, st_mean, batch.actions, batch.avail, w.radius)
             rob_l = jnp.sum(rob * mask) / (B * T1)
 
-    q = model.q_train(params, h, z, k_online)  # [B, T1, N, A]
-    q_tgt = jax.lax.stop_gradient(model.q_train(target_params, h_tgt, z_tgt, k_target))
+    q = model.q_train(params, h, z, k_online, slots=T1)  # [B, T, N, A]
+    q_tgt = jax.lax.stop_gradient(model.q_train(target_params, h_tgt, z_tgt, k_target, slots=T1))
     q_taken = jnp.take_along_axis(q, batch.actions[..., None], axis=-1)[..., 0]
     greedy_online = masked_argmax(jax.lax.stop_gradient(q), batch.avail)  # double Q
     q_tgt_at = jnp.take_along_axis(q_tgt, greedy_online[..., None], axis=-1)[..., 0]

@@ -278,11 +278,13 @@ class CromacModel:
         h: jax.Array,
         z_state: jax.Array | None = None,
         key: jax.Array | None = None,
+        slots: int | None = None,
     ) -> jax.Array:
         """Q-values as training sees them (acting in training episodes and in the learner).
 
         ``h`` [..., N, H] are the agents' hidden states, messages are unperturbed; CroMAC methods
-        take ``z_state`` [..., Z], the state-VAE latent; AME draws its subsets from ``key``.
+        take ``z_state`` [..., Z], the state-VAE latent; AME draws its subsets from ``key`` (for a
+        learner batch [B, T, N, H] trimmed from ``slots`` slots, as drawn for the full batch).
         """
         kind = self.method.messages
         if kind == "none":
@@ -292,7 +294,11 @@ class CromacModel:
         tm = self.teammate_messages(self.broadcast_messages(h))
         if kind == "concat":
             return self.head(params, self.head_input(h, teammates=tm))
-        keep = self.sample_ame_keep(key, h.shape[:-2])
+        batch_shape = h.shape[:-2]
+        if slots is not None and len(batch_shape) == 2 and slots != batch_shape[1]:
+            keep = self.sample_ame_keep(key, (batch_shape[0], slots))[:, : batch_shape[1]]
+        else:
+            keep = self.sample_ame_keep(key, batch_shape)
         return self.head(params, self.head_input(h, teammates=tm, keep=keep))
 
     # ---------------------------------------------------------------- execution-time values

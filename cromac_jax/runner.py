@@ -112,7 +112,7 @@ class SeedRunner:
             tests_out = {"out_shardings": replicated}
         # Seed keys are made inside the program: no host array has to be laid over processes.
         self._init = jax.jit(lambda: jax.vmap(tr.init)(seed_keys(cfg)), **state_out)
-        self._chunk = jax.jit(jax.vmap(tr.train_chunk), donate_argnums=0, **metrics_out)
+        self._chunk = jax.jit(tr.seeds_chunk, donate_argnums=0, **metrics_out)
         n_test = cfg.train.test_nepisode
         eps = cfg.cromac.eps
         base_test_key = jax.random.PRNGKey(cfg.train.seed + 1_000_003)
@@ -175,7 +175,7 @@ class SeedRunner:
         if tuple(busy) not in self._device_chunks:
             mesh = Mesh(np.array([devices[i] for i in busy]), ("seeds",), axis_types=(AxisType.Auto,))
             sub_sh = NamedSharding(mesh, PartitionSpec("seeds"))
-            fn = jax.jit(jax.vmap(self.trainer.train_chunk), out_shardings=(sub_sh, NamedSharding(mesh, PartitionSpec())))
+            fn = jax.jit(self.trainer.seeds_chunk, out_shardings=(sub_sh, NamedSharding(mesh, PartitionSpec())))
             self._device_chunks[tuple(busy)] = (fn, sub_sh)
         fn, sub_sh = self._device_chunks[tuple(busy)]
 

@@ -14,6 +14,7 @@ comes from the key in ``TrainState``, resuming from a checkpoint continues bit-f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -35,6 +36,24 @@ from cromac_jax.losses import (
 )
 from cromac_jax.networks import CromacModel, EnvDims, Params, masked_argmax
 from cromac_jax.rollout import EpisodeStats, collect_episodes, epsilon_greedy
+
+
+SEED_AXIS = "seeds"  # the vmap axis name of ``Trainer.seeds_chunk``
+
+
+def slot_buckets(slots: int, count: int) -> tuple[int, ...]:
+    """The slot counts a learner batch may be trimmed to: ``count`` steps up to ``slots``.
+
+    Episodes end long before the time limit once a team has learned (hallway 4x5x6: 5 of 17
+    slots filled on average, a sampled batch's longest 7-9), and every part of the update is
+    linear in the slots it processes; a few fixed sizes keep shapes static and compile time
+    bounded (one compiled update per size)."""
+    return tuple(sorted({max(2, -(-slots * k // count)) for k in range(1, count + 1)}))
+
+
+def trim_slots(batch: EpisodeBatch, slots: int) -> EpisodeBatch:
+    """The first ``slots`` time slots of every episode of a [B, T1, ...] batch."""
+    return jax.tree.map(lambda x: x[:, :slots], batch)
 
 
 @struct.dataclass
@@ -190,18 +209,45 @@ class Trainer:
         return lambda h, obs: self.model.agent_step(params, h, obs)
 
     # ------------------------------------------------------------------ learning
-    def update(self, state: TrainState, key: jax.Array) -> tuple[TrainState, tuple]:
-        """One learner update on a uniformly sampled batch of episodes."""
+    @property
+    def slot_buckets(self) -> tuple[int, ...]:
+        return slot_buckets(self.model.dims.episode_limit + 1, self.cfg.train.slot_buckets)
+
+    def update(self, state: TrainState, key: jax.Array, seed_axis: str | None = None) -> tuple[TrainState, tuple]:
+        """One learner update on a uniformly sampled batch of episodes.
+
+        The batch is trimmed to the smallest of ``slot_buckets`` that holds its longest episode
+        (the loss is unchanged: ``loss_fn``'s ``slots``). ``lax.switch`` picks the trimmed
+        update; its index must not vary across a vmapped seed axis, or vmap turns the switch
+        into a select that computes every branch, so under ``seeds_chunk`` it is the longest
+        episode over all seeds' batches (``seed_axis``)."""
         batch: EpisodeBatch = self.buffer.sample(state.buffer, key).experience
         k_loss = jax.random.fold_in(key, 1)
         trans_mask = jnp.concatenate([batch.filled[:, 1:], jnp.zeros_like(batch.filled[:, :1])], axis=1)
         rew_stats = state.rew_stats.update(batch.reward, trans_mask.astype(jnp.float32))
         robust_on = self.robust_on(state.t_env)
+        full = batch.reward.shape[1]
 
-        def objective(p):
-            return loss_fn(self.model, p, state.target_params, batch, rew_stats, robust_on, k_loss, self.weights)
+        def grads_at(slots: int) -> Callable:
+            def value_and_grad(params: Params):
+                b = batch if slots == full else trim_slots(batch, slots)
 
-        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+                def objective(p):
+                    return loss_fn(self.model, p, state.target_params, b, rew_stats, robust_on, k_loss, self.weights, full)
+
+                return jax.value_and_grad(objective, has_aux=True)(params)
+
+            return value_and_grad
+
+        buckets = self.slot_buckets
+        if len(buckets) == 1:
+            (loss, aux), grads = grads_at(full)(state.params)
+        else:
+            longest = jnp.max(jnp.sum(batch.filled, axis=1, dtype=jnp.int32))
+            if seed_axis is not None:
+                longest = jax.lax.pmax(longest, seed_axis)
+            index = jnp.searchsorted(jnp.asarray(buckets), longest)
+            (loss, aux), grads = jax.lax.switch(index, [grads_at(n) for n in buckets], state.params)
         updates, opt_state = self.optimiser.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         c = self.cfg.cromac
@@ -214,7 +260,7 @@ class Trainer:
         )
         return state, (loss, aux, optax.tree.norm(grads))
 
-    def iteration(self, state: TrainState, _: Any = None) -> tuple[TrainState, IterMetrics]:
+    def iteration(self, state: TrainState, _: Any = None, seed_axis: str | None = None) -> tuple[TrainState, IterMetrics]:
         """Collect ``num_envs`` episodes, store them, then run the learner updates."""
         t = self.cfg.train
         key, k_collect, k_updates = jax.random.split(state.key, 3)
@@ -237,9 +283,14 @@ class Trainer:
             episodes=state.episodes + t.num_envs,
         )
         ready = stored_episodes(buffer, t.buffer_size) >= max(t.learning_starts, t.batch_size)
+        if seed_axis is not None:
+            # Every seed stores num_envs episodes per iteration, so they agree; one unbatched
+            # predicate keeps the cond (and the trimming switch inside it) real branches.
+            ready = jax.lax.pmin(ready.astype(jnp.int32), seed_axis) > 0
 
         def learn(s):
-            s, (loss, aux, gnorm) = jax.lax.scan(self.update, s, jax.random.split(k_updates, self.updates_per_iteration))
+            update = partial(self.update, seed_axis=seed_axis)
+            s, (loss, aux, gnorm) = jax.lax.scan(update, s, jax.random.split(k_updates, self.updates_per_iteration))
             return s, (jnp.mean(loss), jax.tree.map(jnp.mean, aux), jnp.mean(gnorm))
 
         def skip(s):
@@ -268,20 +319,29 @@ class Trainer:
         )
         return state, metrics
 
-    def budgeted_iteration(self, state: TrainState, _: Any = None) -> tuple[TrainState, IterMetrics]:
+    def budgeted_iteration(
+        self, state: TrainState, _: Any = None, seed_axis: str | None = None
+    ) -> tuple[TrainState, IterMetrics]:
         """An iteration that leaves a seed untouched once it has used its ``t_max`` env steps.
 
         Seeds run at different env-step rates (episode lengths differ), and a vmapped chunk
         steps them together; freezing the finished ones keeps every seed's budget exact.
         """
-        new_state, metrics = self.iteration(state)
+        new_state, metrics = self.iteration(state, seed_axis=seed_axis)
         active = state.t_env < self.cfg.train.t_max
         state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state)
         return state, metrics._replace(t_env=state.t_env, episodes=state.episodes, updates=state.updates)
 
-    def train_chunk(self, state: TrainState) -> tuple[TrainState, IterMetrics]:
-        """K iterations under ``lax.scan``: the unit the Python loop calls (per seed)."""
-        return jax.lax.scan(self.budgeted_iteration, state, None, length=self.chunk_iterations)
+    def train_chunk(self, state: TrainState, seed_axis: str | None = None) -> tuple[TrainState, IterMetrics]:
+        """K iterations under ``lax.scan`` for one seed."""
+        step = partial(self.budgeted_iteration, seed_axis=seed_axis)
+        return jax.lax.scan(step, state, None, length=self.chunk_iterations)
+
+    def seeds_chunk(self, state: TrainState) -> tuple[TrainState, IterMetrics]:
+        """``train_chunk`` over a leading seed axis: the unit the Python loop jits and calls.
+        Use it rather than a bare ``vmap(train_chunk)``: the learner's trimming needs the named
+        axis (see ``update``)."""
+        return jax.vmap(partial(self.train_chunk, seed_axis=SEED_AXIS), axis_name=SEED_AXIS)(state)
 
     # ------------------------------------------------------------------ testing
     def test(

@@ -141,7 +141,7 @@ def test_apply_sets_the_host_device_count_before_jax_starts():
 def test_cli_train_lays_seeds_over_cpu_devices(tmp_path):
     argv = ["train", "--run-dir", str(tmp_path / "r"), "--seeds", "2", "--cpu-devices", "2", "--t-max", "100",
             "--num-envs", "2", "train.buffer_size=16", "train.batch_size=2", "train.learning_starts=2",
-            "train.chunk_iterations=2", "train.test_nepisode=2", "model.rnn_hidden=4", "model.z_dim=4",
+            "train.chunk_iterations=2", "train.test_nepisode=2", "train.slot_buckets=2", "model.rnn_hidden=4", "model.z_dim=4",
             "model.vae_hidden=4", "--env", "hallway_3x3x4x4"]
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env["JAX_PLATFORMS"] = "cpu"

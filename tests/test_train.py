@@ -23,7 +23,8 @@ def tiny(method="cromac", **train):
         "model": {"rnn_hidden": 8, "z_dim": 4, "vae_hidden": 8, "mixer_embed": 8, "hypernet_hidden": 8},
         "train": {"method": method, "t_max": 600, "num_envs": 4, "buffer_size": 64, "batch_size": 4,
                   "learning_starts": 4, "updates_per_iteration": 2, "chunk_iterations": 3,
-                  "test_interval": 300, "test_nepisode": 4, "checkpoint_interval": 10**9, **train},
+                  "test_interval": 300, "test_nepisode": 4, "checkpoint_interval": 10**9,
+                  "slot_buckets": 2, **train},  # trimming on, with half the default's compiled updates
         "cromac": {"robust_start": 100},
     }
     return C.resolve(base)

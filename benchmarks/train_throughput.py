@@ -8,7 +8,7 @@ Run from the repository root::
 Each configuration is the paper's (``config.load`` with the environment's official
 hyperparameters) at the official training ratio (one learner update per collected episode,
 ``num_envs`` episodes per iteration), with the robust loss ON for CroMAC (``robust_start=0``).
-The replay buffer is warmed with one chunk, then ``--chunks`` chunks of ``jit(vmap(train_chunk))``
+The replay buffer is warmed with one chunk, then ``--chunks`` chunks of ``jit(seeds_chunk)``
 are timed. Reported: compile time (the first chunk call, trace + compile + run) separately from
 run time; env steps/s summed over seeds; updates/s summed over seeds; the wall-time cost of S
 seeds relative to one seed; and the bytes the replay buffers hold per seed. Reference: the

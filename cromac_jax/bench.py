@@ -14,7 +14,7 @@ Parts (``--parts``, default all):
   ``lax.scan`` of ``--env-steps`` steps of ``vmap(step)`` with uniformly random available actions,
   through the array core the trainer calls (``step_arrays``, no reset inside an episode) and/or
   JaxMARL's dict API with auto-reset (``env.step``): ``--apis``.
-* ``train``: the whole compiled trainer (``SeedRunner.chunk`` = ``jit(vmap(train_chunk))``, one
+* ``train``: the whole compiled trainer (``SeedRunner.chunk`` = ``jit(seeds_chunk)``, one
   learner update per collected episode as the official code, 8 envs per seed) per env
   (``--envs``: hallway 4x5x6, LBF 3p, TJ slow and the SMAX 1o2r stand-in by default) and method
   (``--methods``), one seed: env steps/s and learner updates/s over ``--chunks`` timed chunks of

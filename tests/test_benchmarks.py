@@ -3,7 +3,9 @@ they should. Speed is measured by the benchmarks themselves and never asserted h
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import sys
@@ -276,3 +278,34 @@ def test_env_throughput_takes_jaxmarl_envs_and_consumes_observations(env_through
     assert np.isfinite(float(total))
     with pytest.raises(SystemExit):
         env_throughput.parse_args(["--presets", "jaxmarl:MPE_no_such_env"])
+
+
+@pytest.mark.timeout(600)
+def test_slot_trim_compares_bucket_counts_on_a_trained_runs_buffer(tmp_path, capsys):
+    from cromac_jax import checkpoint, runner
+    from tests.test_train import tiny
+
+    slot_trim = _load("slot_trim")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        slot_trim.main([str(tmp_path / "nothing")])
+    assert "no checkpoint in" in err.getvalue()
+    run_dir = tmp_path / "run"
+    cfg = tiny("qmix", num_seeds=2, t_max=100)  # a finished run: the benchmark lifts its budget
+    sr = runner.SeedRunner(cfg)
+    state, _ = sr.chunk(sr.init_state())
+    run_dir.mkdir()
+    checkpoint.write_config(run_dir, cfg)
+    checkpoint.save(checkpoint.manager(run_dir), int(np.min(np.asarray(state.t_env))), state)
+    payload = slot_trim.main([str(run_dir), "--buckets", "1", "2", "--chunks", "1", "--out", str(tmp_path / "t.json")])
+    text = capsys.readouterr().out
+    _check_hardware(payload["hardware"])
+    rows = payload["results"]
+    assert [r["slot_buckets"] for r in rows] == [1, 2] and rows[0]["lengths"] == [13] and rows[1]["lengths"] == [7, 13]
+    for r in rows:
+        assert r["env_steps"] > 0 and r["updates"] > 0 and r["compile_s"] > 0 and math.isfinite(r["loss_last_chunk"])
+        assert r["checkpoint_step"] == rows[0]["checkpoint_step"] and r["seeds"] == 2
+        buf = r["buffer"]
+        assert 2 <= buf["mean_filled"] <= buf["max_filled"] <= buf["slots"] == 13
+        assert len(buf["batch_max_median_per_seed"]) == 2 and 0 <= buf["share_at_limit"] <= 1
+    assert [c[0] for c in _table_rows(text, "2")] == ["2"] and json.loads((tmp_path / "t.json").read_text())["benchmark"] == "slot_trim"

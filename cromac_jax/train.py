@@ -2,11 +2,13 @@
 
 The scan hierarchy, each level a named function of (state, x) -> (state, metrics):
 
-    train_chunk   lax.scan over K iterations                    (one jitted call, vmapped over seeds)
+    seeds_chunk   vmap over seeds (a named axis)                (one jitted call)
+    train_chunk   lax.scan over K iterations
       iteration   collect ``num_envs`` episodes (vmap envs, scan time) -> buffer -> U updates
-        update    sample 32 episodes -> loss (eq. 17) -> Adam -> clamp -> target sync
+        update    sample 32 episodes -> trim to the filled slots -> loss (eq. 17) -> Adam
+                  -> clamp -> target sync
 
-A thin Python loop (``runner.py``) calls ``train_chunk``, logs the returned metrics (scalars
+A thin Python loop (``runner.py``) calls ``seeds_chunk``, logs the returned metrics (scalars
 per iteration, never per step), runs test episodes, and checkpoints; because every random draw
 comes from the key in ``TrainState``, resuming from a checkpoint continues bit-for-bit.
 """

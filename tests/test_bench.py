@@ -26,7 +26,7 @@ TINY = [
     "env.overrides={state_numbers: [2, 2]}",
     "model.rnn_hidden=8", "model.z_dim=4", "model.vae_hidden=8", "model.mixer_embed=8", "model.hypernet_hidden=8",
     "train.num_envs=4", "train.buffer_size=64", "train.batch_size=4", "train.learning_starts=4",
-    "train.updates_per_iteration=2",
+    "train.updates_per_iteration=2", "train.slot_buckets=1",
 ]
 
 

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from cromac_jax import runner
     from tests.test_train import tiny
-    cfg = tiny(num_seeds=2)
+    cfg = tiny(num_seeds=2, slot_buckets=2)
     sr = runner.SeedRunner(cfg)
     state = sr.init_state()
     state, metrics = sr.chunk(state)
@@ -61,7 +61,7 @@ def test_two_forced_cpu_devices_shard_seeds_and_match_one_device():
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert res["devices"] == 2 and res["sharded_over"] == 2, res["devices"]
-    sr = runner.SeedRunner(tiny(num_seeds=2))
+    sr = runner.SeedRunner(tiny(num_seeds=2, slot_buckets=2))
     assert sr.sharding is None  # this process has one device
     state, metrics = sr.chunk(sr.init_state())
     assert np.asarray(metrics.updates).tolist() == res["updates"]

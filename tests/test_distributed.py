@@ -53,7 +53,7 @@ def _records(run_dir: Path, kind: str) -> list[dict]:
 
 @pytest.mark.timeout(600)
 def test_two_processes_train_the_same_seeds_as_one_process(tmp_path):
-    cfg = tiny(num_seeds=4)
+    cfg = tiny(num_seeds=4, slot_buckets=2)
     procs = _launch(_write_cfg(tmp_path, cfg), tmp_path / "two")
     outs = [p.communicate(timeout=540)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]

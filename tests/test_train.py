@@ -24,7 +24,7 @@ def tiny(method="cromac", **train):
         "train": {"method": method, "t_max": 600, "num_envs": 4, "buffer_size": 64, "batch_size": 4,
                   "learning_starts": 4, "updates_per_iteration": 2, "chunk_iterations": 3,
                   "test_interval": 300, "test_nepisode": 4, "checkpoint_interval": 10**9,
-                  "slot_buckets": 2, **train},  # trimming on, with half the default's compiled updates
+                  "slot_buckets": 1, **train},  # untrimmed: tests of trimming itself, seeds, resume and devices ask for 2
         "cromac": {"robust_start": 100},
     }
     return C.resolve(base)
@@ -37,7 +37,7 @@ def leaves_equal(a, b):
 @pytest.fixture(scope="module")
 def two_seeds():
     """One compiled two-seed runner shared by the tests below (compiling it is most of their time)."""
-    return runner.SeedRunner(tiny(num_seeds=2))
+    return runner.SeedRunner(tiny(num_seeds=2, slot_buckets=2))
 
 
 @pytest.mark.timeout(300)
@@ -56,7 +56,7 @@ def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs(two_seeds)
     t_done = np.asarray(done.t_env)
     one_iteration = cfg2.train.num_envs * 12  # num_envs episodes of at most episode_limit steps
     assert np.all(t_done >= cfg2.train.t_max) and np.all(t_done <= cfg2.train.t_max + one_iteration)
-    cfg1 = tiny(num_seeds=1)
+    cfg1 = tiny(num_seeds=1, slot_buckets=2)
     r1 = runner.SeedRunner(cfg1)
     s1, m1 = r1.chunk(r1.init_state())
     first = jax.tree.map(lambda x: x[0], s2.params)
@@ -103,7 +103,7 @@ def test_a_seed_past_its_budget_is_left_out_of_the_chunk(tmp_path, two_seeds):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The uninterrupted run both resume tests compare against (trained once per module)."""
-    cfg = tiny(t_max=500)
+    cfg = tiny(t_max=500, slot_buckets=2)
     root = tmp_path_factory.mktemp("uninterrupted")
     return cfg, root, runner.train(cfg, run_dir=root / "full", out=None)
 
@@ -141,7 +141,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, uninterrupte
     # the run dir's config is data, and resuming with another config is refused
     assert yaml.safe_load((full_dir / "config.yaml").read_text())["train"]["method"] == "cromac"
     with pytest.raises(C.ConfigError, match="config differs.*train.t_max"):
-        runner.train(tiny(t_max=900), run_dir=full_dir, resume=True, out=None)
+        runner.train(tiny(t_max=900, slot_buckets=2), run_dir=full_dir, resume=True, out=None)
     with pytest.raises(C.ConfigError, match="already holds checkpoints"):
         runner.train(cfg, run_dir=full_dir, out=None)
 

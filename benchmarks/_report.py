@@ -49,6 +49,15 @@ def default_out(benchmark: str) -> Path:
     return RESULTS_DIR / f"{benchmark}_{machine_tag()}.json"
 
 
+def start(title: str) -> tuple[dict[str, Any], Any]:
+    """Print a benchmark's heading, naming the machine and its load before the work starts (a
+    loaded machine explains slow figures), and return both for the JSON report."""
+    hw = hardware_info()
+    load = load_average()
+    print(f"# {title}\n\n{describe_hardware(hw)}; load average {load}\n", flush=True)
+    return hw, load
+
+
 # ---------------------------------------------------------------------------------- timing
 @dataclass
 class Timing:

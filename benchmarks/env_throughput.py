@@ -337,9 +337,7 @@ def merge_previous(payload: dict[str, Any], path: Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     presets = args.presets or envs.preset_names() + list(JAXMARL_COMM_BENCHMARKS)
-    hw = _report.hardware_info()
-    load_start = _report.load_average()
-    print(f"# Environment throughput\n\n{_report.describe_hardware(hw)}; load average {load_start}\n", flush=True)
+    hw, load_start = _report.start("Environment throughput")
 
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []

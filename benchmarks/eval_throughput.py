@@ -170,9 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for a in args.attacks:
         if a not in A.ATTACKS:
             p.error(f"unknown attack {a!r}; choose from {', '.join(A.ATTACKS)}")
-    hw = _report.hardware_info()
-    load_start = _report.load_average()
-    print(f"# Evaluation throughput\n\n{_report.describe_hardware(hw)}; load average {load_start}\n", flush=True)
+    hw, load_start = _report.start("Evaluation throughput")
     run, init_s = build_run(args.env, args.method, args.seeds)
     print(f"  {args.method} on {args.env}: {run.n_seeds} seeds x {args.episodes} episodes per call, {run.model.n} agents, "
           f"episode limit {run.env.episode_limit}, eps {run.eps:g}; fresh parameters (init {init_s:.1f}s)", flush=True)

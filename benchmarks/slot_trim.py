@@ -136,9 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    hw = _report.hardware_info()
-    load_start = _report.load_average()
-    print(f"# Learner batch trimming on {args.run_dir}\n\n{_report.describe_hardware(hw)}; load average {load_start}\n", flush=True)
+    hw, load_start = _report.start(f"Learner batch trimming on {args.run_dir}")
     rows = []
     for b in args.buckets:
         row = measure(args.run_dir, b, args.chunks, args.step)

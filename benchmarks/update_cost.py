@@ -231,9 +231,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    hw = _report.hardware_info()
-    load_start = _report.load_average()
-    print(f"# Learner update cost\n\n{_report.describe_hardware(hw)}; load average {load_start}\n", flush=True)
+    hw, load_start = _report.start("Learner update cost")
 
     rows = []
     for env_name in args.envs:

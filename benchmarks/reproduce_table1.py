@@ -278,6 +278,18 @@ def _train_one(runner: Any, cfg: Any, run_dir: Path, resume: bool, out: TextIO |
         add_wall(run_dir, "train_s", time.time() - last[0], new_session=False)
 
 
+def run_status(run_dir: Path, finished: bool, evaluated: bool) -> str:
+    """A run's place in the protocol. A run that is training but has not reached its first
+    checkpoint (the first 100k steps) already has test records, so it is not "not started"."""
+    if evaluated:
+        return "evaluated"
+    if finished:
+        return "trained"
+    if saved_steps(run_dir):
+        return "partial"
+    return "started, no checkpoint yet" if (run_dir / "metrics.jsonl").is_file() else "not started"
+
+
 def eval_path(run_dir: Path) -> Path | None:
     steps = saved_steps(run_dir)
     return run_dir / f"eval_{steps[-1]}.json" if steps else None
@@ -417,7 +429,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
             table[r.name if r.mixer != "qmix" else r.method] = ours
         steps = saved_steps(run_dir)
         run_rows.append({"run": r.name, "method": r.method, "mixer": r.mixer, "label": run_label(r),
-                         "status": "evaluated" if ours else ("trained" if finished else ("partial" if steps else "not started")),
+                         "status": run_status(run_dir, finished, ours is not None),
                          "env_steps": steps[-1] if steps else 0, "t_max": t_max, "seeds": cfg.train.num_seeds,
                          "certified": ours["certified"] if ours else None, "config_eps": cfg.cromac.eps,
                          "state_latent": ours.get("state_latent") if ours else None,

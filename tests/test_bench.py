@@ -239,6 +239,11 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     by_run = {r["method"]: r for r in interim["runs"]}
     assert by_run["cromac"]["status"] == "not started" and by_run["cromac"]["last_test"] is None
     assert by_run["qmix"]["status"] == "partial" and by_run["qmix"]["last_test"]["seeds"] == 2
+    started = tmp_path / "started"
+    started.mkdir()
+    assert t1.run_status(started, False, False) == "not started"
+    (started / "metrics.jsonl").write_text("")  # training, before its first checkpoint
+    assert t1.run_status(started, False, False) == "started, no checkpoint yet"
     assert 0.0 <= by_run["qmix"]["last_test"]["test_won_mean"] <= 1.0 and interim["ours"] == {}
     tag = bench.hardware_tag()
     interim_md = (tmp_path / "results" / f"table1_hallway_4x5x6_{tag}.md").read_text()

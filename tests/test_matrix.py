@@ -24,7 +24,8 @@ def tiny_cfg(preset, method, mixer="qmix"):
         "env": {"name": preset},
         "model": {"rnn_hidden": 4, "z_dim": 4, "vae_hidden": 4, "mixer_embed": 4, "hypernet_hidden": 4, "mixer": mixer},
         "train": {"method": method, "num_envs": 2, "buffer_size": 8, "batch_size": 2, "learning_starts": 2,
-                  "updates_per_iteration": 1, "chunk_iterations": 2, "test_nepisode": 2, "num_seeds": 1},
+                  "updates_per_iteration": 1, "chunk_iterations": 2, "test_nepisode": 2, "num_seeds": 1,
+                  "slot_buckets": 1},  # one compiled update per chunk; trimming: tests/test_slot_trim.py
         "cromac": {"robust_start": 0},
     })
 

@@ -439,6 +439,7 @@ def _trainer_cfg(name):
                 "updates_per_iteration": 1,
                 "chunk_iterations": 1,
                 "test_nepisode": 2,
+                "slot_buckets": 1,  # one compiled update per chunk; trimming: tests/test_slot_trim.py
             },
             "model": {"rnn_hidden": 8, "z_dim": 4, "vae_hidden": 8},
         }

@@ -58,6 +58,40 @@ def start(title: str) -> tuple[dict[str, Any], Any]:
     return hw, load
 
 
+
+def finish(
+    name: str,
+    hw: dict[str, Any],
+    load_start: Any,
+    settings: dict[str, Any],
+    results: Any,
+    out: str | Path | None = None,
+    *,
+    load_end: Any = None,
+    merge: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write a benchmark's JSON report and say where: every script's report carries the same
+    header (benchmark, hardware, load at start and end), so runs on different machines or under
+    different load can be compared field by field. ``extra`` goes between settings and results;
+    ``load_end`` is the load a script already printed (measured now if omitted);
+    ``merge(payload, path)`` may fold in an earlier report at the same path before writing.
+    Returns the payload written."""
+    payload: dict[str, Any] = {
+        "benchmark": name,
+        "hardware": hw,
+        "load_average_start": load_start,
+        "load_average_end": load_average() if load_end is None else load_end,
+        "settings": settings,
+        **extra,
+        "results": results,
+    }
+    path = Path(out) if out else default_out(name)
+    if merge is not None:
+        payload = merge(payload, path)
+    print(f"\nwrote {write_json(path, payload)}")
+    return payload
+
 # ---------------------------------------------------------------------------------- timing
 @dataclass
 class Timing:

@@ -404,46 +404,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if smax_misses:
         print(f"below {SMAX_TARGET_RATIO}x SMAX 3m: {', '.join(smax_misses)}")
 
-    payload = {
-        "benchmark": "env_throughput",
-        "hardware": hw,
-        "load_average_start": load_start,
-        "load_average_end": load_end,
-        "settings": {
-            "presets": presets,
-            "num_envs": args.num_envs,
-            "steps": args.steps,
-            "repeats": args.repeats,
-            "seed": args.seed,
-            "apis": {a: API_LABELS[a] for a in args.apis},
-            "rollout": "jit(lax.scan(vmap(step))) with random available actions",
-            "smax_timing": "SMAX stand-ins and JaxMARL's 3m: all compiled, then timed round-robin",
-            "smax_baseline": args.smax_baseline,
-            "statistic": "steps_per_s from the median of repeats; steps_per_s_best from the best",
-        },
-        "reference": {
-            "steps_per_s": REFERENCE_STEPS_PER_S,
-            "hardware": "official numpy environments, 2-core CPU",
-            "target_speedup": TARGET_SPEEDUP,
-            "target_num_envs": TARGET_NUM_ENVS,
-            "smax_baseline": {
-                "preset": SMAX_BASELINE,
-                "env": SMAX_BASELINE_LABEL,
-                "api": API_LABELS["jaxmarl"],
-                "target_ratio": SMAX_TARGET_RATIO,
-                "ratio_field": "vs_smax_3m (stand-in steps/s over 3m's at the same num_envs, same run)",
-            },
-        },
-        "state_bytes": bytes_by_preset,
-        "results": rows,
-        "skipped": skipped,
+    settings = {
+        "presets": presets,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "apis": {a: API_LABELS[a] for a in args.apis},
+        "rollout": "jit(lax.scan(vmap(step))) with random available actions",
+        "smax_timing": "SMAX stand-ins and JaxMARL's 3m: all compiled, then timed round-robin",
+        "smax_baseline": args.smax_baseline,
+        "statistic": "steps_per_s from the median of repeats; steps_per_s_best from the best",
     }
-    out_path = args.out or _report.default_out("env_throughput")
-    if args.merge:
-        payload = merge_previous(payload, out_path)
-    out = _report.write_json(out_path, payload)
-    print(f"\nwrote {out}")
-    return payload
+    reference = {
+        "steps_per_s": REFERENCE_STEPS_PER_S,
+        "hardware": "official numpy environments, 2-core CPU",
+        "target_speedup": TARGET_SPEEDUP,
+        "target_num_envs": TARGET_NUM_ENVS,
+        "smax_baseline": {
+            "preset": SMAX_BASELINE,
+            "env": SMAX_BASELINE_LABEL,
+            "api": API_LABELS["jaxmarl"],
+            "target_ratio": SMAX_TARGET_RATIO,
+            "ratio_field": "vs_smax_3m (stand-in steps/s over 3m's at the same num_envs, same run)",
+        },
+    }
+    return _report.finish(
+        "env_throughput", hw, load_start, settings, rows, args.out, load_end=load_end,
+        merge=merge_previous if args.merge else None,
+        reference=reference, state_bytes=bytes_by_preset, skipped=skipped,
+    )
 
 
 if __name__ == "__main__":

@@ -201,11 +201,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(_report.markdown_table(["part", "wall s", "how"], table))
     load_end = _report.load_average()
     print(f"\nLoad average start {load_start}, end {load_end} (other processes share this CPU).")
-    payload = {"benchmark": "eval_throughput", "hardware": hw, "load_average_start": load_start, "load_average_end": load_end,
-               "settings": vars(args) | {"out": str(args.out)}, "init_s": init_s, "results": rows, "table1_grid": grid}
-    out = _report.write_json(args.out or _report.default_out("eval_throughput"), payload)
-    print(f"\nwrote {out}")
-    return payload
+    return _report.finish("eval_throughput", hw, load_start, vars(args) | {"out": str(args.out)}, rows, args.out,
+                           load_end=load_end, init_s=init_s, table1_grid=grid)
 
 
 if __name__ == "__main__":

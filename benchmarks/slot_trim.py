@@ -155,17 +155,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"Each value: compile (timed apart), then {args.chunks} chunk(s) from the same restored state. "
         f"Load average start {load_start}, end {load_end}."
     )
-    payload = {
-        "benchmark": "slot_trim",
-        "hardware": hw,
-        "load_average_start": load_start,
-        "load_average_end": load_end,
-        "settings": {"run_dir": str(args.run_dir), "buckets": args.buckets, "chunks": args.chunks, "step": args.step},
-        "results": rows,
-    }
-    out = _report.write_json(args.out or _report.default_out("slot_trim"), payload)
-    print(f"\nwrote {out}")
-    return payload
+    settings = {"run_dir": str(args.run_dir), "buckets": args.buckets, "chunks": args.chunks, "step": args.step}
+    return _report.finish("slot_trim", hw, load_start, settings, rows, args.out, load_end=load_end)
 
 
 if __name__ == "__main__":

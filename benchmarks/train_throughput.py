@@ -77,9 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if min(args.seeds) < 1 or args.chunks < 1 or args.chunk_iterations < 1:
         p.error("--seeds, --chunks and --chunk-iterations must be >= 1")
-    hw = _report.hardware_info()
-    load_start = _report.load_average()
-    print(f"# Training throughput\n\n{_report.describe_hardware(hw)}; load average {load_start}\n", flush=True)
+    hw, load_start = _report.start("Training throughput")
     rows = []
     for method, seeds in itertools.product(args.methods, args.seeds):
         row = bench(args.env, method, seeds, args.chunks, args.chunk_iterations)
@@ -103,11 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     load_end = _report.load_average()
     print(f"\nLoad average start {load_start}, end {load_end}. Official reference (hallway, 1 seed, 2-core CPU): "
           "CroMAC 140, QMIX 520 env steps/s.")
-    payload = {"benchmark": "train_throughput", "hardware": hw, "load_average_start": load_start,
-               "load_average_end": load_end, "settings": vars(args) | {"out": str(args.out)}, "results": rows}
-    out = _report.write_json(args.out or _report.default_out("train_throughput"), payload)
-    print(f"\nwrote {out}")
-    return payload
+    return _report.finish("train_throughput", hw, load_start, vars(args) | {"out": str(args.out)}, rows, args.out,
+                           load_end=load_end)
 
 
 if __name__ == "__main__":

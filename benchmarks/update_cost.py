@@ -255,33 +255,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"PyTorch code on a 2-core CPU, hallway. Load average start {load_start}, end {load_end}."
     )
 
-    payload = {
-        "benchmark": "update_cost",
-        "hardware": hw,
-        "load_average_start": load_start,
-        "load_average_end": load_end,
-        "settings": {
-            "envs": args.envs,
-            "methods": args.methods,
-            "updates_per_call": args.updates,
-            "repeats": args.repeats,
-            "single_calls": args.single_calls,
-            "fill_episodes": args.fill_episodes,
-            "seed": args.seed,
-            "statistic": "ms_per_update: median scanned call / updates_per_call; single call: median",
-        },
-        "reference": {
-            "ms_per_update": REFERENCE_MS,
-            "hardware": "official PyTorch code, 2-core CPU",
-            "target_speedup_cromac": TARGET_SPEEDUP,
-            "target_cromac_over_qmix": TARGET_CROMAC_OVER_QMIX,
-        },
-        "results": rows,
-        "ratios": ratio_rows,
+    settings = {
+        "envs": args.envs,
+        "methods": args.methods,
+        "updates_per_call": args.updates,
+        "repeats": args.repeats,
+        "single_calls": args.single_calls,
+        "fill_episodes": args.fill_episodes,
+        "seed": args.seed,
+        "statistic": "ms_per_update: median scanned call / updates_per_call; single call: median",
     }
-    out = _report.write_json(args.out or _report.default_out("update_cost"), payload)
-    print(f"\nwrote {out}")
-    return payload
+    reference = {
+        "ms_per_update": REFERENCE_MS,
+        "hardware": "official PyTorch code, 2-core CPU",
+        "target_speedup_cromac": TARGET_SPEEDUP,
+        "target_cromac_over_qmix": TARGET_CROMAC_OVER_QMIX,
+    }
+    return _report.finish("update_cost", hw, load_start, settings, rows, args.out, load_end=load_end,
+                           reference=reference, ratios=ratio_rows)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from cromac_jax.config import CLAMP_LAYERS
-from cromac_jax.networks import CromacModel, Params, masked_argmax
+from cromac_jax.networks import CromacModel, Params, draw_for_slots, masked_argmax
 
 
 @struct.dataclass
@@ -123,12 +123,9 @@ def gaussian_kl_std_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def slot_noise(key: jax.Array, shape: tuple[int, ...], slots: int | None = None) -> jax.Array:
-    """Standard normal noise for [B, T, ...] slots, drawn as for ``slots`` >= T slots and cut to
-    T: a batch the learner trimmed to its filled slots sees the same draws as the full batch,
-    so trimming changes the cost of an update and nothing else."""
-    if slots is None or slots == shape[1]:
-        return jax.random.normal(key, shape)
-    return jax.random.normal(key, (shape[0], slots, *shape[2:]))[:, : shape[1]]
+    """Standard normal noise for [B, T, ...] slots as the full batch of ``slots`` slots draws it
+    (``draw_for_slots``)."""
+    return draw_for_slots(jax.random.normal, key, shape, slots)
 
 
 def state_vae_loss(model: CromacModel, params: Params, state: jax.Array, key: jax.Array, slots: int | None = None):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,21 @@ from cromac_jax.nn_init import torch_dense, torch_gru
 
 Params = dict[str, Any]
 LOGVAR_CLIP = 20.0
+
+
+def draw_for_slots(
+    draw: Callable[[jax.Array, tuple[int, ...]], jax.Array],
+    key: jax.Array,
+    shape: tuple[int, ...],
+    slots: int | None = None,
+) -> jax.Array:
+    """``draw(key, shape)`` for a learner batch [B, T, ...] trimmed from ``slots`` >= T slots:
+    drawn as for the full batch and cut to T, so a trimmed batch sees the same random values as
+    the full one and trimming changes the cost of an update and nothing else. Without ``slots``
+    (acting, untrimmed batches) ``shape`` is drawn as it is."""
+    if slots is None or slots == shape[1]:
+        return draw(key, tuple(shape))
+    return draw(key, (shape[0], slots, *shape[2:]))[:, : shape[1]]
 
 
 @dataclass(frozen=True)
@@ -294,11 +309,7 @@ class CromacModel:
         tm = self.teammate_messages(self.broadcast_messages(h))
         if kind == "concat":
             return self.head(params, self.head_input(h, teammates=tm))
-        batch_shape = h.shape[:-2]
-        if slots is not None and len(batch_shape) == 2 and slots != batch_shape[1]:
-            keep = self.sample_ame_keep(key, (batch_shape[0], slots))[:, : batch_shape[1]]
-        else:
-            keep = self.sample_ame_keep(key, batch_shape)
+        keep = draw_for_slots(self.sample_ame_keep, key, h.shape[:-2], slots)
         return self.head(params, self.head_input(h, teammates=tm, keep=keep))
 
     # ---------------------------------------------------------------- execution-time values

@@ -4,6 +4,10 @@ Run from the repository root::
 
     python benchmarks/distributed_scaling.py                        # 8 seeds, 1 vs 2 processes, hallway_4x5x6
     python benchmarks/distributed_scaling.py --seeds 8 --processes 1 2 4 --t-max 20000
+    python benchmarks/distributed_scaling.py model.rnn_hidden=32 --seeds 4   # overrides for every run
+
+Config overrides (``KEY=VALUE``) go to every ``cromac train``; put them before ``--processes``,
+which takes every number after it.
 
 Every configuration is the real ``cromac train`` CLI in subprocesses on this host (``--distributed``
 with a localhost coordinator, one CPU device per process, gloo collectives), so what is timed is
@@ -38,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _train_cmd(args: argparse.Namespace, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "cromac_jax.cli", "train", "--env", args.env, "--method", args.method,
             "--seeds", str(args.seeds), "--t-max", str(args.t_max), "--run-dir", str(run_dir),
-            f"train.test_interval={args.t_max}", f"train.checkpoint_interval={args.t_max}"]
+            f"train.test_interval={args.t_max}", f"train.checkpoint_interval={args.t_max}", *args.overrides]
 
 
 def measure(args: argparse.Namespace, processes: int, workdir: Path) -> dict[str, Any]:
@@ -61,7 +65,7 @@ def measure(args: argparse.Namespace, processes: int, workdir: Path) -> dict[str
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     later = train[1:] or train
-    steps = sum(sum(b - a for a, b in zip(r0["t_env"], r1["t_env"])) for r0, r1 in zip(train, train[1:]))
+    steps = sum(sum(b - a for a, b in zip(r0["t_env"], r1["t_env"], strict=True)) for r0, r1 in zip(train, train[1:], strict=False))
     secs = sum(r["chunk_seconds"] for r in later)
     return {
         "processes": processes,
@@ -83,10 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p.add_argument("--t-max", dest="t_max", type=int, default=20_000)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/distributed_scaling_<hardware>.json)")
+    p.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE passed to every cromac train")
     args = p.parse_args(argv)
     for n in args.processes:
         if args.seeds % n:
             raise SystemExit(f"--seeds {args.seeds} does not divide over {n} processes")
+    hw, load_start = _report.start(f"Distributed scaling: {args.seeds} seeds of {args.method} on {args.env}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.processes:
@@ -98,13 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     headers = ["processes", "seeds/process", "wall s", "first chunk s", "steady steps/s", "wall vs first"]
     table = [[r["processes"], r["seeds_per_process"], r["wall_s"], r["first_chunk_s"], r["steady_env_steps_per_s"],
               r["wall_vs_first"]] for r in rows]
-    print(_report.describe_hardware(_report.hardware_info()))
     print(_report.markdown_table(headers, table))
-    meta = {"benchmark": "distributed_scaling", "env": args.env, "method": args.method, "t_max": args.t_max,
-            "load_average": _report.load_average(), "hardware": _report.hardware_info()}
-    path = Path(args.out) if args.out else _report.default_out("distributed_scaling")
-    _report.write_json(path, {**meta, "rows": rows})
-    print(f"wrote {path}")
+    settings = {"env": args.env, "method": args.method, "seeds": args.seeds, "processes": args.processes,
+                "t_max": args.t_max, "overrides": args.overrides}
+    _report.finish("distributed_scaling", hw, load_start, settings, rows, args.out)
     return 0
 
 

@@ -50,12 +50,12 @@ for _p in (str(_HERE), str(_HERE.parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import _report
-import jax
-import jax.numpy as jnp
+import _report  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
-import envs
-from cromac_jax.bench import env_rollout, random_available_actions  # noqa: F401  (used by tests, callers)
+import envs  # noqa: E402
+from cromac_jax.bench import env_rollout, random_available_actions  # noqa: E402, F401  (used by tests, callers)
 
 #: Official numpy environments, env steps/s on a 2-core CPU, by preset-name prefix.
 REFERENCE_STEPS_PER_S = {"hallway": 111_000.0, "tj": 6_500.0, "lbf": 6_100.0}

@@ -309,3 +309,26 @@ def test_slot_trim_compares_bucket_counts_on_a_trained_runs_buffer(tmp_path, cap
         assert 2 <= buf["mean_filled"] <= buf["max_filled"] <= buf["slots"] == 13
         assert len(buf["batch_max_median_per_seed"]) == 2 and 0 <= buf["share_at_limit"] <= 1
     assert [c[0] for c in _table_rows(text, "2")] == ["2"] and json.loads((tmp_path / "t.json").read_text())["benchmark"] == "slot_trim"
+
+
+@pytest.mark.timeout(600)
+def test_distributed_scaling_times_one_and_two_processes(tmp_path, capsys):
+    scaling = _load("distributed_scaling")
+    tiny = ["train.buffer_size=16", "train.batch_size=2", "train.learning_starts=2", "train.chunk_iterations=2",
+            "train.test_nepisode=2", "train.num_envs=2", "train.slot_buckets=1", "model.rnn_hidden=4",
+            "model.z_dim=4", "model.vae_hidden=4"]
+    with pytest.raises(SystemExit, match="does not divide over 2 processes"):
+        scaling.main(["--seeds", "3", "--processes", "1", "2"])
+    out = tmp_path / "d.json"
+    assert scaling.main([*tiny, "--env", "hallway_3x3x4x4", "--method", "qmix", "--seeds", "2", "--t-max", "40",
+                         "--out", str(out), "--processes", "1", "2"]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    _check_hardware(data["hardware"])
+    assert data["benchmark"] == "distributed_scaling" and data["settings"]["overrides"] == tiny
+    rows = data["results"]
+    assert [(r["processes"], r["seeds_per_process"]) for r in rows] == [(1, 2), (2, 1)]
+    for r in rows:
+        assert r["final_t_env_min"] >= 40 and r["wall_s"] > 0 and r["chunks"] >= 1
+    assert rows[0]["wall_vs_first"] == 1.0
+    assert [c[0] for c in _table_rows(text, "2")] == ["2"]

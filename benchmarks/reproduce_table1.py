@@ -42,6 +42,7 @@ chunk's time; runs trained before this ledger existed show "?"). The runs go to 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -243,14 +244,9 @@ def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides
         progress.count_steps(r.name, resumed_steps(runs_dir / r.name, cfgs[r].train.t_max, seeds), this_session=False)
     for i, r in enumerate(runs, 1):
         cfg, run_dir = cfgs[r], runs_dir / r.name
-        if sweep._finished(run_dir, cfg):
-            _log(out, f"[{i}/{len(runs)}] {r.name}: already finished, skipped")
-            continue
-        with sweep.claim(run_dir) as mine:
-            if not mine:
-                _log(out, f"[{i}/{len(runs)}] {r.name}: held by another process, skipped")
-                continue
-            if sweep._finished(run_dir, cfg):  # another process finished it meanwhile
+        done = functools.partial(sweep.finished, run_dir, cfg)
+        with sweep.claim_unless_done(run_dir, done, f"[{i}/{len(runs)}] {r.name}", out) as todo:
+            if not todo:
                 continue
             steps = saved_steps(run_dir)
             _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(steps[-1], ',') if steps else 'starting'}")
@@ -317,16 +313,12 @@ def evaluate_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overri
     for r in runs:
         run_dir = runs_dir / r.name
         cfg = sweep.run_config(r, overrides, seeds)
-        if not sweep._finished(run_dir, cfg):
+        if not sweep.finished(run_dir, cfg):
             continue
-        if has_table1_eval(eval_path(run_dir), episodes, budgets):
-            _log(out, f"{r.name}: Table-1 evaluation at step {saved_steps(run_dir)[-1]:,} already there, reused")
-            continue
-        with sweep.claim(run_dir) as mine:
-            if not mine:
-                _log(out, f"{r.name}: held by another process, not evaluated here")
-                continue
-            if has_table1_eval(eval_path(run_dir), episodes, budgets):  # another process just did it
+        done = functools.partial(has_table1_eval, eval_path(run_dir), episodes, budgets)
+        note = f"Table-1 evaluation at step {saved_steps(run_dir)[-1]:,} already there, reused"
+        with sweep.claim_unless_done(run_dir, done, r.name, out, note, "held by another process, not evaluated here") as todo:
+            if not todo:
                 continue
             _log(out, f"{r.name}: evaluating {episodes} episodes x {cfg.train.num_seeds} seeds under "
                       f"{', '.join(TABLE1_ATTACKS)} at budgets {', '.join(f'{b:g}' for b in budgets)} x eps")
@@ -422,7 +414,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
         run_dir = runs_dir / r.name
         cfg = sweep.run_config(r, overrides, seeds)
         t_max = cfg.train.t_max
-        finished = sweep._finished(run_dir, cfg)
+        finished = sweep.finished(run_dir, cfg)
         ours = our_row(run_dir) if finished else None
         wall = read_wall(run_dir)
         if ours is not None:

@@ -15,11 +15,12 @@ two processes can never write one run directory (with fixed shares too, e.g. one
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,32 @@ def claim(run_dir: Path) -> Iterator[bool]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+@contextmanager
+def claim_unless_done(
+    run_dir: Path,
+    done: Callable[[], bool],
+    label: str,
+    out: TextIO | None | str = "stdout",
+    done_note: str | None = "already finished, skipped",
+    held_note: str = "held by another process, skipped",
+) -> Iterator[bool]:
+    """Yields True, holding ``run_dir``'s claim, when work on it is still to do: False (and a line
+    saying why, ``done_note=None`` for none) when ``done()`` already, or when another process holds
+    the claim. ``done()`` is asked again once the claim is held, because the process that held it
+    may have just finished the work."""
+    if done():
+        if done_note is not None:
+            _log(out, f"{label}: {done_note}")
+        yield False
+        return
+    with claim(run_dir) as mine:
+        if not mine:
+            _log(out, f"{label}: {held_note}")
+            yield False
+            return
+        yield not done()
+
+
 def run_config(run: SweepRun, base: list[str], seeds: int) -> config.Config:
     overrides = list(base) + [
         f"env.name={run.env}",
@@ -106,7 +133,8 @@ def run_config(run: SweepRun, base: list[str], seeds: int) -> config.Config:
     return config.load(None, overrides)
 
 
-def _finished(run_dir: Path, cfg: config.Config) -> bool:
+def finished(run_dir: Path, cfg: config.Config) -> bool:
+    """Whether the run's last checkpoint is at its budget."""
     steps = checkpoint.all_steps(run_dir)
     return bool(steps) and steps[-1] >= cfg.train.t_max
 
@@ -131,14 +159,9 @@ def sweep(
     for i, r in enumerate(mine, 1):
         run_dir = out_dir / r.name
         cfg = cfgs[r]
-        if _finished(run_dir, cfg):
-            _log(out, f"[{i}/{len(mine)}] {r.name}: already finished, skipped")
-            continue
-        with claim(run_dir) as mine_now:
-            if not mine_now:
-                _log(out, f"[{i}/{len(mine)}] {r.name}: held by another process, skipped")
-                continue
-            if _finished(run_dir, cfg):  # finished by another process while this one waited
+        done = functools.partial(finished, run_dir, cfg)
+        with claim_unless_done(run_dir, done, f"[{i}/{len(mine)}] {r.name}", out) as todo:
+            if not todo:
                 continue
             resume = bool(checkpoint.all_steps(run_dir))
             _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")

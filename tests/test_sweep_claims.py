@@ -22,6 +22,36 @@ def test_a_held_claim_is_refused_and_free_again_once_released(tmp_path):
         assert again
 
 
+
+def test_claim_unless_done_says_why_it_skips_and_asks_again_once_held(tmp_path):
+    out = io.StringIO()
+    calls = []
+
+    def done_after(n):  # done() answers False for its first n calls, then True
+        def done():
+            calls.append(1)
+            return len(calls) > n
+        return done
+
+    with sweep.claim_unless_done(tmp_path, done_after(0), "[1/3] a", out) as todo:
+        assert not todo  # done before any claim: nothing held
+    with sweep.claim(tmp_path) as mine:
+        assert mine  # ... so the claim is free
+    calls.clear()
+    with sweep.claim(tmp_path):  # someone else holds it
+        with sweep.claim_unless_done(tmp_path, done_after(1), "[2/3] b", out, held_note="held, not evaluated") as todo:
+            assert not todo
+    calls.clear()
+    with sweep.claim_unless_done(tmp_path, done_after(1), "[3/3] c", out) as todo:
+        assert not todo  # the holder finished it while this process waited: skipped without a line
+    calls.clear()
+    with sweep.claim_unless_done(tmp_path, done_after(5), "d", out, done_note=None) as todo:
+        assert todo
+        with sweep.claim(tmp_path) as other:
+            assert not other  # the claim is held while the work runs
+    assert out.getvalue().splitlines() == ["[1/3] a: already finished, skipped", "[2/3] b: held, not evaluated"]
+
+
 @pytest.mark.timeout(60)
 def test_a_killed_holder_leaves_the_run_free(tmp_path):
     holder = subprocess.Popen(

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _train_cmd(args: argparse.Namespace, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "cromac_jax.cli", "train", "--env", args.env, "--method", args.method,
-            "--seeds", str(args.seeds), "--t-max", str(args.t_max), "--run-dir", str(run_dir),
+            "--seeds", str(args.seeds), "--t-max", str(args.t_max), "--run-dir", str(run_dir), "--cpu-devices", "off",
             f"train.test_interval={args.t_max}", f"train.checkpoint_interval={args.t_max}", *args.overrides]
 
 

@@ -45,7 +45,13 @@ class RunResult:
 
 
 def default_run_dir(cfg: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    """``<train.run_dir>/<env>_<method>_<mixer>_<start time>``. In a multi-process run every process
+    takes process 0's start time: they write one run dir (orbax saves each process's shards into
+    it), and processes rarely start within the same second."""
+    date, clock = (int(x) for x in time.strftime("%Y%m%d %H%M%S").split())
+    if jax.process_count() > 1:
+        date, clock = (int(x) for x in multihost_utils.broadcast_one_to_all(np.array([date, clock], np.int32)))
+    stamp = f"{date:08d}-{clock:06d}"
     return Path(cfg.train.run_dir) / f"{cfg.env.name}_{cfg.train.method}_{cfg.model.mixer}_{stamp}"
 
 

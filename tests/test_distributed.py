@@ -30,13 +30,21 @@ def _env() -> dict:
     return env
 
 
-def _launch(cfg_path: Path, run_dir: Path, n: int = 2, extra: tuple = ()) -> list[subprocess.Popen]:
+def _launch(cfg_path: Path, run_dir: Path | None, n: int = 2, extra: tuple = (), stagger: float = 0.0) -> list[subprocess.Popen]:
+    """``n`` processes of one run; ``run_dir=None`` leaves it to the default (under the config's
+    ``train.run_dir``); ``stagger`` seconds between starts."""
     port = distributed.free_port()
-    base = [sys.executable, "-m", "cromac_jax.cli", "train", "--config", str(cfg_path), "--run-dir", str(run_dir),
+    base = [sys.executable, "-m", "cromac_jax.cli", "train", "--config", str(cfg_path),
+            *(["--run-dir", str(run_dir)] if run_dir is not None else []),
             "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
             "--init-timeout", "60", "--heartbeat-timeout", "10", *extra]
-    return [subprocess.Popen(base + ["--process-id", str(i)], cwd=ROOT, env=_env(), text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(n)]
+    procs = []
+    for i in range(n):
+        if i:
+            time.sleep(stagger)
+        procs.append(subprocess.Popen(base + ["--process-id", str(i)], cwd=ROOT, env=_env(), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return procs
 
 
 def _write_cfg(tmp_path: Path, cfg) -> Path:
@@ -53,11 +61,14 @@ def _records(run_dir: Path, kind: str) -> list[dict]:
 
 @pytest.mark.timeout(600)
 def test_two_processes_train_the_same_seeds_as_one_process(tmp_path):
-    cfg = tiny(num_seeds=4, slot_buckets=2)
-    procs = _launch(_write_cfg(tmp_path, cfg), tmp_path / "two")
+    # no --run-dir, started 1.5 s apart: both processes must still write process 0's default run dir
+    cfg = tiny(num_seeds=4, slot_buckets=2, run_dir=str(tmp_path / "runs"))
+    procs = _launch(_write_cfg(tmp_path, cfg), None, stagger=1.5)
     outs = [p.communicate(timeout=540)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     assert "done in" in outs[0] and "done in" not in outs[1]  # only process 0 reports
+    [two] = list((tmp_path / "runs").iterdir())
+    two.rename(tmp_path / "two")
 
     one = runner.train(cfg, run_dir=tmp_path / "one", out=None)
     two_train, one_train = _records(tmp_path / "two", "train"), _records(tmp_path / "one", "train")
@@ -185,3 +196,22 @@ def test_sweep_summary_marks_runs_still_training_elsewhere(tmp_path):
     rows = sweep.summarise(tmp_path, runs, out=None)
     assert [r["status"] for r in rows] == ["ok", "partial"]
     assert "300 (partial)" in (tmp_path / "summary.md").read_text()
+
+
+def test_default_run_dir_takes_process_0s_start_time_in_a_multi_process_run(monkeypatch):
+    from jax.experimental import multihost_utils
+
+    cfg = tiny()
+    sent = []
+
+    def broadcast(x):  # what process 0 would send: its own start time
+        sent.append(np.asarray(x).tolist())
+        return np.array([20260102, 30405], np.int32)
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
+    path = runner.default_run_dir(cfg)
+    assert path.name == "hallway_4x5x6_cromac_qmix_20260102-030405" and len(sent) == 1
+    assert len(sent[0]) == 2 and 2026_00_00 < sent[0][0] < 2100_00_00  # this process's date, as int32-safe parts
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    assert runner.default_run_dir(cfg).name.startswith("hallway_4x5x6_cromac_qmix_") and len(sent) == 1

@@ -269,7 +269,7 @@ def _train_one(runner: Any, cfg: Any, run_dir: Path, resume: bool, out: TextIO |
         progress.chunk(rec, cfg.train.t_max)
 
     try:
-        runner.train(cfg, run_dir=run_dir, resume=resume, out=out, on_chunk=on_chunk)
+        runner.train(cfg, run_dir=run_dir, resume=resume, out=out, on_chunk=on_chunk, restart=not resume)
     finally:
         add_wall(run_dir, "train_s", time.time() - last[0], new_session=False)
 

@@ -38,10 +38,13 @@ def read_config(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise CheckpointError(f"cannot read {str(path)!r}: {e}".replace("\n", " ")) from None
-    return from_dict(data or {})
+    try:
+        return from_dict(data or {})
+    except ConfigError as e:
+        raise ConfigError(f"{str(path)!r}: {e}") from None
 
 
 def _quiet_orbax() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
@@ -75,6 +75,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cromac_jax import checkpoint
 
     if args.resume is not None:
+        ignored = [flag for flag, given in (
+            ("--config", args.config), ("--env", args.env), ("--method", args.method), ("--mixer", args.mixer),
+            ("--seeds", args.seeds), ("--seed", args.seed), ("--t-max", args.t_max), ("--num-envs", args.num_envs),
+            ("--run-dir", args.run_dir), ("--set", args.set), ("overrides", args.overrides)) if given]
+        if ignored:
+            raise checkpoint.CheckpointError(
+                f"--resume continues a run with the config saved in it; {', '.join(ignored)} cannot change it "
+                "(start a new run for other settings)")
         cfg = checkpoint.read_config(args.resume)
         _host_devices(args, cfg.train.num_seeds)
         from cromac_jax import runner
@@ -90,6 +98,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise SystemExit(f"cromac sweep: --seeds {args.seeds} is invalid: need at least one seed")
     extra = list(args.overrides)
     if args.t_max is not None:
         extra.append(f"train.t_max={args.t_max}")
@@ -145,8 +155,16 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
                    help="seconds after which a silent peer counts as dead and every process stops")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house rule for bad input: one line naming the culprit (not the usage
+    block first), exit code 2; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cromac", description=__doc__)
+    parser = _Parser(prog="cromac", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("envs", help="list the registered environment presets with their sizes")
     p.set_defaults(func=_cmd_envs)

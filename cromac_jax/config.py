@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,10 @@ class ModelConfig:
 
 
 CLAMP_LAYERS = ("all", "first")
+
+#: Seeds become 32-bit PRNG keys (jax without x64 keeps the low 32 bits, so seeds 2**32 apart would
+#: silently train the same run); runs add offsets of about 10**6 for their test and eval keys.
+SEED_LIMIT = 2**31
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ def _validate(cfg: Config) -> None:
         _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
     for name in ("updates_per_iteration", "chunk_iterations", "test_nepisode", "epsilon_anneal_time", "learning_starts", "seed"):
         _check(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "must be >= 0")
+    _check(t.seed < SEED_LIMIT, "train.seed", t.seed, f"must be < 2**31 ({SEED_LIMIT})")
     _check(t.batch_size <= t.buffer_size, "train.batch_size", t.batch_size, f"must be <= train.buffer_size ({t.buffer_size})")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0")
@@ -158,13 +163,29 @@ def _validate(cfg: Config) -> None:
 
 
 # ---------------------------------------------------------------------------------- loading
+#: What a float field accepts as text: YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as a string.
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _as_float(value: Any) -> Any:
+    """A float field's number written as ``1e-3`` (a string to YAML 1.1) becomes that float."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            return False
     if annotation is str:
         return isinstance(value, str)
     if annotation is dict:
@@ -188,11 +209,21 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if dataclasses.is_dataclass(hint_t):
             kwargs[key] = _build(hint_t, value, full)
             continue
+        if hint_t is float:
+            value = _as_float(value)
         if not _type_ok(value, hint_t):
             tname = getattr(hint_t, "__name__", str(hint_t))
-            raise ConfigError(f"config {full}={value!r} has the wrong type: expected {tname}")
+            number = isinstance(value, int) and not isinstance(value, bool) and hint_t in (int, float)
+            what = f"is out of range for {tname}" if number else f"has the wrong type: expected {tname}"
+            raise ConfigError(f"config {full}={_short(value)} {what}")
         kwargs[key] = float(value) if hint_t is float else value
     return cls(**kwargs)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut: a 400-digit number in an error line helps nobody."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,11 +248,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, _, raw = item.partition("=")
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
         parts = key.split(".")
-        for p in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        node = out
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} reaches into {'.'.join(parts[: i + 1])}, which an earlier override set to a value")
         node[parts[-1]] = value
     return out
 
@@ -295,9 +333,11 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {str(p)!r}: {e}".replace("\n", " ")) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):

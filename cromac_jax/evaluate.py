@@ -163,7 +163,8 @@ def load_run(run_dir: str | Path, checkpoint: str | int = "latest") -> Run:
 
     path = Path(run_dir)
     if not path.is_dir():
-        raise ckpt.CheckpointError(f"run directory {str(path)!r} does not exist")
+        why = "is a file, not a run directory" if path.exists() else "does not exist"
+        raise ckpt.CheckpointError(f"run directory {str(path)!r} {why}")
     cfg = runner.read_config(path)
     steps = ckpt.all_steps(path)
     if not steps:
@@ -691,6 +692,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     attacks = resolve_attacks(args.attacks)  # cheap checks first: bad input fails before loading
     budgets = check_budgets(args.budgets)
     episodes = _check_episodes(args.episodes)
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed {args.seed} is invalid: evaluation keys take seeds in [0, 2**32)")
     run = load_run(args.run_dir, args.checkpoint)
     key = None if args.seed is None else jax.random.PRNGKey(args.seed)
     eval_grid(run, attacks, budgets, episodes, key=key, attack_own=not args.teammates_only)

@@ -264,17 +264,22 @@ def train(
     out: TextIO | None | str = "stdout",
     max_chunks: int | None = None,
     on_chunk: Callable[[dict], None] | None = None,
+    restart: bool = False,
 ) -> RunResult:
     """Train every seed of ``cfg`` to ``t_max`` env steps, writing into ``run_dir``.
 
     ``resume=True`` continues from the latest checkpoint in ``run_dir`` (its config must match).
+    A fresh run refuses a ``run_dir`` that already holds a run (its checkpoints, or its config and
+    metrics from an attempt stopped before the first checkpoint), so nothing is overwritten or
+    mixed into another run's history; ``restart=True`` (sweeps, which own their run dirs) starts
+    such a checkpoint-less attempt over, replacing its metrics.
     ``max_chunks`` stops early (used by tests to interrupt a run). In a multi-process run, a
     collective that fails because a peer died becomes one ``DistributedError`` line.
     """
     if jax.process_count() == 1:
-        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk)
+        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk, restart)
     try:
-        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk)
+        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk, restart)
     except jax.errors.JaxRuntimeError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DistributedError(
@@ -290,6 +295,7 @@ def _train(
     out: TextIO | None | str,
     max_chunks: int | None,
     on_chunk: Callable[[dict], None] | None,
+    restart: bool = False,
 ) -> RunResult:
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     out = sys.stdout if out == "stdout" else out  # resolved per call (tests replace sys.stdout)
@@ -312,7 +318,17 @@ def _train(
     else:
         if run_dir.exists() and checkpoint.all_steps(run_dir):
             raise ConfigError(f"run directory {str(run_dir)!r} already holds checkpoints; pass --resume or choose another")
+        found = sum(1 << i for i, name in enumerate(RUN_FILES) if (run_dir / name).exists())
+        if jax.process_count() > 1:  # as process 0 found it: it writes config.yaml below, maybe before others look
+            found = int(multihost_utils.broadcast_one_to_all(np.int32(found)))
+        earlier = [name for i, name in enumerate(RUN_FILES) if found >> i & 1]
+        if earlier and not restart:
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(earlier)}; no checkpoint "
+                              "yet): choose another --run-dir, or delete it to start over")
         if primary:
+            for name in earlier:  # restart: the abandoned attempt's records would mix into this run's
+                if name != "config.yaml":
+                    (run_dir / name).unlink()
             run_dir.mkdir(parents=True, exist_ok=True)
             write_config(run_dir, cfg)
         state = runner.init_state()
@@ -441,6 +457,23 @@ def _write_csv(path: Path, record: dict) -> None:
                                           for k in CSV_FIELDS) + "\n")
 
 
+def _record(path: Path, lines: list[str], line: str) -> dict:
+    """One metrics record, or one line naming the bad one: the files are left as they are."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        record = e
+    if not isinstance(record, dict):
+        raise checkpoint.CheckpointError(
+            f"cannot resume: {str(path)!r} line {lines.index(line) + 1} is not a JSON record "
+            f"({str(record)[:80]}); nothing was changed: fix or delete that line")
+    return record
+
+
+#: What a run writes before its first checkpoint (besides TensorBoard events).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv")
+
+
 def drop_records_after(run_dir: Path, t_env: np.ndarray) -> int:
     """Before a resumed run writes, remove the records a stopped process wrote after the
     checkpoint it resumes from (any seed past ``t_env``, the restored per-seed steps): the resumed
@@ -456,7 +489,7 @@ def drop_records_after(run_dir: Path, t_env: np.ndarray) -> int:
         steps = np.asarray(record.get("t_env", []))
         return steps.shape != limit.shape or bool(np.all(steps <= limit))
 
-    keep = [(ln, rec) for ln in lines if ln.strip() for rec in [json.loads(ln)] if before(rec)]
+    keep = [(ln, rec) for ln in lines if ln.strip() for rec in [_record(path, lines, ln)] if before(rec)]
     if len(keep) == len(lines):
         return 0
     tmp = path.with_suffix(".jsonl.tmp")

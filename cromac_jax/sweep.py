@@ -130,7 +130,11 @@ def run_config(run: SweepRun, base: list[str], seeds: int) -> config.Config:
         f"model.mixer={run.mixer}",
         f"train.num_seeds={seeds}",
     ]
-    return config.load(None, overrides)
+    cfg = config.load(None, overrides)
+    from envs.registry import check_name  # here: the envs package imports jax
+
+    check_name(cfg.env.name)  # a misspelt env fails before any run of the sweep trains, not hours in
+    return cfg
 
 
 def finished(run_dir: Path, cfg: config.Config) -> bool:
@@ -165,7 +169,7 @@ def sweep(
                 continue
             resume = bool(checkpoint.all_steps(run_dir))
             _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")
-            runner.train(cfg, run_dir=run_dir, resume=resume, out=out)
+            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, restart=not resume)
     return summarise(out_dir, runs, out)
 
 

@@ -14,8 +14,11 @@ def quiet_import() -> Iterator[None]:
     jaxmarl prints a line about "submoduled environments" on import; that line is not an error and
     would otherwise appear before every command's output. jaxmarl's mabrax module resets
     ``sys.stdout`` to ``sys.__stdout__`` while importing, so a Python-level redirect is not enough:
-    the stdout file descriptor is pointed at /dev/null too. Errors still raise.
+    the stdout file descriptor is pointed at /dev/null too. It resets ``sys.stderr`` the same way,
+    which would send a caller's later error lines past any redirect of it (a test's capture): the
+    caller's ``sys.stderr`` is put back. Errors still raise.
     """
+    stderr = sys.stderr
     try:
         sys.stdout.flush()
         fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else None
@@ -38,3 +41,4 @@ def quiet_import() -> Iterator[None]:
             os.dup2(saved, fd)
             os.close(saved)
         os.close(devnull)
+        sys.stderr = stderr

@@ -152,7 +152,7 @@ def test_cli_train_lays_seeds_over_cpu_devices(tmp_path):
     assert "2 seed(s) over 2 CPU devices" in proc.stdout and "done in" in proc.stdout
     assert "2 seed(s) over 2 cpu devices, 2 envs each" in proc.stdout  # the runner's header: it took effect
     # a count that does not divide the seeds is one line, before anything is trained
-    proc = subprocess.run([sys.executable, "-m", "cromac_jax.cli", *argv[:5], "--cpu-devices", "3", "--resume",
+    proc = subprocess.run([sys.executable, "-m", "cromac_jax.cli", "train", "--cpu-devices", "3", "--resume",
                            str(tmp_path / "r")], env=env, cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not divide train.num_seeds=2" in proc.stderr, proc.stderr[-500:]
     assert len(proc.stderr.strip().splitlines()) == 1

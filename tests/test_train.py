@@ -267,7 +267,15 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 0  # already finished: nothing lost
     assert "resumed" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["cromac"]["kappa"] == 10.0
+    # a run dir holding a run's config and metrics but no checkpoint yet is neither overwritten nor appended to
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        (other / name).write_bytes((tmp_path / "r" / name).read_bytes())
+    kept = {p.name: p.read_bytes() for p in other.iterdir()}
     for argv, needle in [
+        (["train", "--run-dir", str(other), "--t-max", "100"], "already holds a run (config.yaml, metrics.jsonl; no checkpoint yet)"),
+        (["train", "--resume", str(tmp_path / "r"), "--t-max", "5", "train.lr=0.1"], "--t-max, overrides cannot change it"),
         (["train", "train.t_maxx=1"], "unknown config key 'train.t_maxx' (did you mean train.t_max?)"),
         (["train", "train.t_max=abc"], "train.t_max='abc' has the wrong type"),
         (["train", "--env", "hallway_5"], "unknown environment 'hallway_5'"),
@@ -279,6 +287,15 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
         rc = cli.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0], (argv, err)
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == kept
+    # a damaged metrics file stops a resume with its line named, and is left as it was
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    damaged = metrics.read_text() + "{garbage\n"
+    metrics.write_text(damaged)
+    assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"line {damaged.count(chr(10))} is not a JSON record" in err[0], err
+    assert metrics.read_text() == damaged
 
 
 def test_env_presets_defaults_match_configs_dir():
@@ -303,7 +320,13 @@ def test_sweep_trains_each_combination_is_resumable_and_summarises(tmp_path, cap
     assert cli.main(argv + ["--share", "1/2"]) == 0  # the second process's share: cromac only
     out = capsys.readouterr().out
     assert "[1/1] hallway_4x5x6_cromac_qmix: starting" in out and "| hallway_4x5x6_qmix_qmix | - | - | missing" in out
+    # qmix's run dir as an attempt stopped before its first checkpoint leaves it: the sweep starts it over
+    stale = tmp_path / "hallway_4x5x6_qmix_qmix"
+    stale.mkdir()
+    (stale / "config.yaml").write_text((tmp_path / "hallway_4x5x6_cromac_qmix" / "config.yaml").read_text())
+    (stale / "metrics.jsonl").write_text('{"kind": "test", "t_env": [0, 0], "stale": true}\n')
     assert cli.main(argv) == 0  # one process, the whole sweep: cromac is skipped, qmix trained
+    assert "stale" not in (stale / "metrics.jsonl").read_text()
     out = capsys.readouterr().out
     assert "hallway_4x5x6_cromac_qmix: already finished, skipped" in out
     rows = json.loads((tmp_path / "summary.json").read_text())

@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from cromac_jax.config import Config, ConfigError, from_dict
+from cromac_jax.config import Config, ConfigError, from_dict, read_yaml_mapping
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -37,12 +37,9 @@ def read_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+    data = read_yaml_mapping(path, "run config", CheckpointError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(f"cannot read {str(path)!r}: {e}".replace("\n", " ")) from None
-    try:
-        return from_dict(data or {})
+        return from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{str(path)!r}: {e}") from None
 

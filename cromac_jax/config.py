@@ -174,23 +174,32 @@ def _as_float(value: Any) -> Any:
     return value
 
 
-def _type_ok(value: Any, annotation: Any) -> bool:
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` cannot fill a field of type ``annotation`` (None: it can). A number of the
+    right kind that does not fit (an int past int64, one too large for a float) is out of range,
+    not the wrong type."""
+    tname = getattr(annotation, "__name__", str(annotation))
+    wrong = f"has the wrong type: expected {tname}"
+    integer = isinstance(value, int) and not isinstance(value, bool)
     if annotation is bool:
-        return isinstance(value, bool)
+        return None if isinstance(value, bool) else wrong
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+        if not integer:
+            return wrong
+        return None if -(2**63) <= value < 2**63 else f"is out of range for {tname}"
     if annotation is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return False
+        if not (integer or isinstance(value, float)):
+            return wrong
         try:
-            return math.isfinite(value)
+            finite = math.isfinite(value)
         except OverflowError:  # an int too large for a float
-            return False
+            return f"is out of range for {tname}"
+        return None if finite else wrong
     if annotation is str:
-        return isinstance(value, str)
+        return None if isinstance(value, str) else wrong
     if annotation is dict:
-        return isinstance(value, Mapping)
-    return True
+        return None if isinstance(value, Mapping) else wrong
+    return None
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -211,11 +220,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
             continue
         if hint_t is float:
             value = _as_float(value)
-        if not _type_ok(value, hint_t):
-            tname = getattr(hint_t, "__name__", str(hint_t))
-            number = isinstance(value, int) and not isinstance(value, bool) and hint_t in (int, float)
-            what = f"is out of range for {tname}" if number else f"has the wrong type: expected {tname}"
-            raise ConfigError(f"config {full}={_short(value)} {what}")
+        problem = _type_problem(value, hint_t)
+        if problem is not None:
+            raise ConfigError(f"config {full}={_short(value)} {problem}")
         kwargs[key] = float(value) if hint_t is float else value
     return cls(**kwargs)
 
@@ -322,6 +329,22 @@ def resolve(data: Mapping[str, Any]) -> Config:
     return from_dict(merge(base, data))
 
 
+def read_yaml_mapping(path: Path, what: str = "config file", error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """The mapping a YAML file holds (``yaml.safe_load``: user files are data, never code), or one
+    ``error`` line naming the file. The one reader of user config files and run dirs' config.yaml."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise error(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {what} {str(path)!r}: {e}".replace("\n", " ")) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise error(f"{what} {str(path)!r} must hold a mapping at the top level")
+    return dict(loaded)
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults), apply ``key=value`` overrides and validate.
 
@@ -332,17 +355,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read config file {str(p)!r}: {e}".replace("\n", " ")) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        data = dict(loaded)
+        data = read_yaml_mapping(p)
     if overrides:
         data = merge(data, parse_overrides(overrides))
     return resolve(data)

@@ -457,7 +457,7 @@ def _write_csv(path: Path, record: dict) -> None:
                                           for k in CSV_FIELDS) + "\n")
 
 
-def _record(path: Path, lines: list[str], line: str) -> dict:
+def _record(path: Path, number: int, line: str) -> dict:
     """One metrics record, or one line naming the bad one: the files are left as they are."""
     try:
         record = json.loads(line)
@@ -465,7 +465,7 @@ def _record(path: Path, lines: list[str], line: str) -> dict:
         record = e
     if not isinstance(record, dict):
         raise checkpoint.CheckpointError(
-            f"cannot resume: {str(path)!r} line {lines.index(line) + 1} is not a JSON record "
+            f"cannot resume: {str(path)!r} line {number} is not a JSON record "
             f"({str(record)[:80]}); nothing was changed: fix or delete that line")
     return record
 
@@ -489,7 +489,7 @@ def drop_records_after(run_dir: Path, t_env: np.ndarray) -> int:
         steps = np.asarray(record.get("t_env", []))
         return steps.shape != limit.shape or bool(np.all(steps <= limit))
 
-    keep = [(ln, rec) for ln in lines if ln.strip() for rec in [_record(path, lines, ln)] if before(rec)]
+    keep = [(ln, rec) for i, ln in enumerate(lines, 1) if ln.strip() for rec in [_record(path, i, ln)] if before(rec)]
     if len(keep) == len(lines):
         return 0
     tmp = path.with_suffix(".jsonl.tmp")

@@ -55,7 +55,7 @@ def test_unreadable_config_files_name_the_file(tmp_path, capsys):
         read_config(run)
     (run / "config.yaml").write_text("- a\n- list\n")
     line = one_line(capsys, ["train", "--resume", str(run)])
-    assert str(run / "config.yaml") in line and "must be a mapping" in line
+    assert str(run / "config.yaml") in line and "must hold a mapping" in line
 
 
 def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):

@@ -8,6 +8,8 @@ Run from the repository root (the script puts the repository root on ``sys.path`
     python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --share 0/2 &  # two processes split the runs
     python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --share 1/2
     python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --table-only # rebuild the tables from the runs
+    python benchmarks/reproduce_table1.py --envs hallway_4x5x6 --methods qmix # train/evaluate one method;
+                                                                           # the table keeps the others' rows
 
 Per env: methods ``cromac``, ``cromac_no_robust``, ``full_comm``, ``qmix``, ``ame`` (``--methods``)
 with the QMIX mixer, plus on ``lbf_3p1f`` ``cromac`` with the VDN and QPLEX mixers (Figure 5a;
@@ -125,6 +127,18 @@ def plan_runs(env: str, methods: Sequence[str], figure5a: bool = True) -> list[s
     if figure5a and env == FIGURE5A_ENV and "cromac" in methods:
         runs += sweep.plan([env], ["cromac"], list(FIGURE5A_MIXERS))
     return runs
+
+
+def report_runs(env: str, runs_dir: Path, methods: Sequence[str], figure5a: bool = True) -> list[sweep.SweepRun]:
+    """The runs an env's report covers: this invocation's, plus every other run of the full
+    protocol that already has a directory in ``runs_dir``, so evaluating one finished method beside
+    the trainers (``--methods full_comm``) adds its row to the table instead of replacing the table."""
+    mine = plan_runs(env, methods, figure5a)
+    names = {r.name for r in mine}
+    full = plan_runs(env, DEFAULT_METHODS, figure5a)
+    others = [r for r in full if r.name not in names and (runs_dir / r.name).is_dir()]
+    wanted = names | {r.name for r in others}
+    return [r for r in full if r.name in wanted] + [r for r in mine if r.name not in {f.name for f in full}]
 
 
 def run_label(run: sweep.SweepRun) -> str:
@@ -653,18 +667,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     hw = B.hardware_info()
     reports = {}
     for env in args.envs:
-        reports[env] = build_report(env, runs_dir, plans[env], args.seeds, overrides, args.t_max is None,
+        runs = report_runs(env, runs_dir, args.methods, args.figure5a)
+        methods = list(dict.fromkeys(r.method for r in runs))
+        reports[env] = build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,
                                     args.episodes, args.results_dir, tag, hw, time.time() - t0, out,
-                                    command=reproduce_command(args, env))
+                                    command=reproduce_command(args, env, methods))
     _log(out, f"done in {_fmt_time(time.time() - t0)}")
     return reports
 
 
-def reproduce_command(args: argparse.Namespace, env: str) -> str:
-    """The command that trains, evaluates and tabulates ``env`` as this invocation does."""
+def reproduce_command(args: argparse.Namespace, env: str, methods: Sequence[str]) -> str:
+    """The command that trains, evaluates and tabulates the report's ``methods`` on ``env`` as this
+    invocation does."""
     cmd = ["python", "benchmarks/reproduce_table1.py", "--envs", env]
-    if list(args.methods) != list(DEFAULT_METHODS):
-        cmd += ["--methods", *args.methods]
+    if list(methods) != list(DEFAULT_METHODS):
+        cmd += ["--methods", *methods]
     if not args.figure5a and env == FIGURE5A_ENV:
         cmd.append("--no-figure5a")
     cmd += ["--seeds", str(args.seeds)]

@@ -286,6 +286,13 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert again["ours"] == data["ours"]
     walls = [t1.read_wall(tmp_path / "runs" / r) for r in ("hallway_4x5x6_cromac_qmix", "hallway_4x5x6_qmix_qmix")]
     assert all(w["train_sessions"] == 1 and w["eval_sessions"] == 1 for w in walls)  # the partial run was not timed
+    # one method alone (as when evaluating a finished run beside the trainers) keeps the others' rows
+    alone = [a for a in argv if a != "cromac"]
+    assert alone[alone.index("--methods") + 1] == "qmix"
+    merged = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
+    assert [r["method"] for r in merged["runs"]] == ["cromac", "qmix"] and merged["ours"] == data["ours"]
+    assert "--methods cromac qmix" in merged["command"]
+    assert [r.name for r in t1.report_runs("hallway_4x5x6", tmp_path / "nothing", ["qmix"])] == [qmix.name]
 
 
 def test_reproduce_table1_bad_cpu_devices_is_one_line_before_anything_runs(tmp_path):

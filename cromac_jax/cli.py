@@ -248,15 +248,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
-def _one_line_errors() -> tuple[type[Exception], ...]:
-    """The user-facing errors, imported only once one happened: importing the runner or the envs
-    starts a JAX backend (jaxmarl), which must wait until ``--cpu-devices`` is applied."""
-    from cromac_jax.checkpoint import CheckpointError
-    from cromac_jax.config import ConfigError
-    from cromac_jax.runner import TrainingError
-    from envs import EnvConfigError
+#: The user-facing errors, by the module that defines each.
+_ONE_LINE_ERRORS = (("cromac_jax.config", "ConfigError"), ("cromac_jax.checkpoint", "CheckpointError"),
+                    ("cromac_jax.runner", "TrainingError"), ("envs.base", "EnvConfigError"))
 
-    return (ConfigError, EnvConfigError, CheckpointError, TrainingError)
+
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """The user-facing error classes whose modules are loaded. An exception's class is loaded
+    whenever it was raised, so nothing needs importing here: importing the runner or the envs to
+    classify a bad input would start a JAX backend (jaxmarl) and make a one-line refusal take
+    seconds."""
+    return tuple(getattr(sys.modules[m], name) for m, name in _ONE_LINE_ERRORS if m in sys.modules)
 
 
 if __name__ == "__main__":

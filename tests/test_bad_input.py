@@ -97,3 +97,16 @@ def test_jaxmarl_import_leaves_the_callers_stderr_in_place():
             "print(sys.stderr is fake, file=sys.__stdout__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip().splitlines()[-1] == "True", proc.stderr[-2000:]
+
+
+def test_a_refused_config_imports_neither_the_runner_nor_jaxmarl():
+    """Telling a bad config from a crash must not import the runner (jaxmarl, a JAX backend): that
+    made a one-line refusal take 7-42 s on a busy machine."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cromac_jax import cli; rc = cli.main(['train', 'train.lr=abc']); "
+            "print(rc, sorted(m for m in ('cromac_jax.runner', 'jaxmarl') if m in sys.modules), file=sys.__stdout__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip().splitlines()[-1] == "2 []", proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["cromac: error: config train.lr='abc' has the wrong type: expected float"]

@@ -1,5 +1,7 @@
 """The CroMAC model: methods' inputs, PoE, losses, stop-gradients, clamp, mixers, bad input."""
 
+import itertools
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -190,9 +192,10 @@ def test_message_bounds_are_sound_for_the_model(method):
         assert bool(jnp.all(qs >= b.lower - 1e-5)) and bool(jnp.all(qs <= b.upper + 1e-5))
     b0 = m.q_bounds_messages(p, msgs, 0.0)
     np.testing.assert_allclose(b0.lower, m.q_values(p, h, msgs), atol=1e-5)
-    # teammates-only: the own row is exact, so the bounds are no wider
+    # teammates-only: the own row is exact, so the bounds are no wider, and narrower somewhere
     bt = m.q_bounds_messages(p, msgs, eps, attack_own=False)
     assert bool(jnp.all(bt.upper - bt.lower <= b.upper - b.lower + 1e-6))
+    assert bool(jnp.any(bt.upper - bt.lower < b.upper - b.lower - 1e-4))
 
 
 def test_clamp_holds_after_a_training_update():
@@ -254,9 +257,19 @@ def test_mixers_are_monotone_in_every_agent_utility(mixer):
     a = jax.nn.one_hot(jax.random.randint(k[2], (64, 3), 0, 3), 3)
     qmax = q + jnp.abs(jax.random.normal(k[2], (64, 3)))
     grads = jax.vmap(jax.grad(lambda qq, ss, aa, mm: m.mix(p, qq, ss, aa, mm)))(q, s, a, qmax)
-    assert bool(jnp.all(grads >= 0))
+    assert bool(jnp.all(grads > 0))  # strictly: a mixer that ignored an agent's utility would give 0
     if mixer == "vdn":
         np.testing.assert_allclose(m.mix(p, q, s, a, qmax), q.sum(-1), rtol=1e-6)
+    # IGM: over every joint action, the mixed value is highest at the agents' own greedy actions
+    q_all = jax.random.normal(jax.random.PRNGKey(7), (16, 3, 3))  # [B, N, A]
+    joints = jnp.array(list(itertools.product(range(3), repeat=3)))  # [27, N]
+    chosen = jnp.take_along_axis(q_all[:, None], joints[None, :, :, None], axis=-1)[..., 0]  # [B, 27, N]
+    def mix_every_joint(c, state, qa):  # one batch row: [27, N], [S], [N, A] -> [27]
+        return m.mix(p, c, jnp.broadcast_to(state, (27, 3)), jax.nn.one_hot(joints, 3), jnp.broadcast_to(qa.max(-1), (27, 3)))
+
+    mixed = jax.vmap(mix_every_joint)(chosen, s[:16], q_all)
+    best = joints[jnp.argmax(mixed, axis=-1)]
+    assert bool(jnp.all(best == jnp.argmax(q_all, -1)))
 
 
 @pytest.mark.parametrize("method", ["qmix", "full_comm", "cromac", "cromac_no_robust", "ame"])

@@ -299,17 +299,24 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_env_presets_defaults_match_configs_dir():
-    """configs/<preset>.yaml mirror the embedded official hyperparameters."""
+    """configs/<preset>.yaml mirror the embedded official hyperparameters, key for key (loading both
+    would merge the embedded table under the file and hide a key missing from it), and every
+    shipped config file loads."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in C.ENV_DEFAULTS:
+    for name, table in C.ENV_DEFAULTS.items():
         path = root / f"{name}.yaml"
-        if not path.exists():
-            continue
-        from_file = C.load(path)
-        from_table = C.resolve({"env": {"name": name}})
-        assert from_file == from_table, name
+        assert path.is_file(), f"configs/{name}.yaml is missing"
+        data = C.read_yaml_mapping(path)
+        assert data.pop("env") == {"name": name}, name
+        assert data == table, name
+    shipped = sorted(root.rglob("*.yaml"))
+    assert len(shipped) >= len(C.ENV_DEFAULTS) + 7  # the presets, the MPE examples, configs/methods/*
+    for path in shipped:
+        C.load(path)
+    methods = {C.load(p).train.method for p in (root / "methods").glob("*.yaml")}
+    assert methods == set(C.METHODS)
 
 
 def test_sweep_trains_each_combination_is_resumable_and_summarises(tmp_path, capsys):

@@ -134,9 +134,10 @@ def test_env_throughput_smoke(env_throughput, tmp_path, capsys, monkeypatch):
     assert all(row[-1] == "-" for row in table)
 
 
-def test_env_throughput_rejects_unknown_preset(env_throughput):
+def test_env_throughput_rejects_unknown_preset(env_throughput, capsys):
     with pytest.raises(SystemExit):
         env_throughput.main(["--presets", "no_such_env"])
+    assert "error: unknown environment 'no_such_env'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- update cost
@@ -203,11 +204,13 @@ def test_update_cost_ratio_table(update_cost):
     assert _table_rows(text, "lbf_3p1f")[-1][-1] == "MISS"
 
 
-def test_update_cost_rejects_bad_arguments(update_cost):
+def test_update_cost_rejects_bad_arguments(update_cost, capsys):
     with pytest.raises(SystemExit):
         update_cost.main(["--methods", "no_such_method"])
+    assert "error: unknown method 'no_such_method'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         update_cost.main(["--fill-episodes", "8"])
+    assert "error: --fill-episodes must be >= 32" in capsys.readouterr().err
 
 
 def test_random_actions_are_uniform_over_available(env_throughput):
@@ -262,11 +265,13 @@ def test_eval_throughput_smoke(tmp_path, capsys):
     assert [s["budget"] for s in grid["measured_warm"]["settings"]] == [0.0, 1.0, 1.0, 0.25, 0.5, 1.0, 2.0, 4.0]
     assert _table_rows(printed, "hallway_4x5x6")[0][1:3] == ["cromac", "natural"]
     assert "extrapolated from 2 episodes/seed" in printed
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         mod.main(["--attacks", "fgs"])
+    assert "error: unknown attack 'fgs'" in capsys.readouterr().err
 
 
-def test_env_throughput_takes_jaxmarl_envs_and_consumes_observations(env_throughput):
+def test_env_throughput_takes_jaxmarl_envs_and_consumes_observations(env_throughput, capsys):
     """``jaxmarl:NAME`` rows run (issue 9's MPE tasks), and the timed program depends on every
     observation: a rollout that only summed rewards would let XLA drop the observation code."""
     env = env_throughput.envs.make("jaxmarl:MPE_simple_speaker_listener_v4")
@@ -278,6 +283,7 @@ def test_env_throughput_takes_jaxmarl_envs_and_consumes_observations(env_through
     assert np.isfinite(float(total))
     with pytest.raises(SystemExit):
         env_throughput.parse_args(["--presets", "jaxmarl:MPE_no_such_env"])
+    assert "error: unknown JaxMARL environment 'MPE_no_such_env'" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(600)

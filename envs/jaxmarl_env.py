@@ -325,7 +325,7 @@ class JaxMARLEnv(CromacEnv):
                 continue
             try:
                 avail = jax.eval_shape(getattr(env, method), state)
-                fits = all(math.prod(avail[a].shape) == n_i for a, n_i in zip(raw_agents, sizes))
+                fits = all(math.prod(avail[a].shape) == n_i for a, n_i in zip(raw_agents, sizes, strict=True))
             except Exception:  # noqa: BLE001  a stub or another layout: not an avail mask we can use
                 fits = False
             if fits:
@@ -433,7 +433,7 @@ class JaxMARLEnv(CromacEnv):
         d = getattr(self.env, self.avail_source)(state.inner)
         rows = [
             jnp.pad(jnp.ravel(d[a]).astype(bool), (0, self.n_actions - n_i))
-            for a, n_i in zip(self.agents, self.action_sizes)
+            for a, n_i in zip(self.agents, self.action_sizes, strict=True)
         ]
         return jnp.stack(rows)
 

@@ -76,7 +76,7 @@ def test_two_processes_train_the_same_seeds_as_one_process(tmp_path):
     assert len(_records(tmp_path / "two", "test")) == len(_records(tmp_path / "one", "test"))
     csv_rows = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 4 * one.chunks
-    for a, b in zip(two_train, one_train):
+    for a, b in zip(two_train, one_train, strict=True):
         assert a["t_env"] == b["t_env"] and a["updates"] == b["updates"]
         for key in ("loss", "td", "return_mean", "q_taken"):
             # Each process compiles the vmapped program for its 2 seeds instead of 4: XLA may
@@ -93,7 +93,7 @@ def test_two_processes_train_the_same_seeds_as_one_process(tmp_path):
     abstract = runner.SeedRunner(cfg).abstract_state()
     _, s2 = checkpoint.restore(tmp_path / "two", abstract)
     _, s1 = checkpoint.restore(tmp_path / "one", abstract)
-    for x, y in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params)):
+    for x, y in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(s2.t_env), np.asarray(s1.t_env))
 
@@ -187,7 +187,7 @@ def test_sweep_summary_marks_runs_still_training_elsewhere(tmp_path):
     from cromac_jax import sweep
 
     runs = sweep.plan(["hallway_4x5x6"], ["qmix", "cromac"], ["qmix"])
-    for r, t_env in zip(runs, (600, 300)):  # qmix finished, cromac still in another process's hands
+    for r, t_env in zip(runs, (600, 300), strict=True):  # qmix finished, cromac still in another process's hands
         cfg = tiny(method=r.method)
         (tmp_path / r.name).mkdir()
         runner.write_config(tmp_path / r.name, cfg)

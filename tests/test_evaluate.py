@@ -94,7 +94,7 @@ def test_readme_custom_attack_runs_through_evaluate(run):
 def test_certified_rate_complete_at_zero_and_shrinking(run):
     rates = [ev.certified_rate(run, episodes=E, eps=e) for e in (0.0, 0.005, 0.05, 0.5, 5.0)]
     np.testing.assert_array_equal(rates[0], [1.0, 1.0])
-    for hi, lo in zip(rates, rates[1:]):
+    for hi, lo in zip(rates[:-1], rates[1:], strict=True):
         assert np.all(lo <= hi), rates
     assert np.all(rates[-1] < 1.0)
     np.testing.assert_array_equal(ev.certified_rate(run, episodes=E), rates[2])  # default: config eps

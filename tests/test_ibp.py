@@ -125,7 +125,7 @@ def random_layers(rng: np.random.Generator, sizes: list[int], scale: float):
             jnp.asarray(rng.normal(0, scale / np.sqrt(i), (i, o)), jnp.float32),
             jnp.asarray(rng.normal(0, scale, (o,)), jnp.float32),
         )
-        for i, o in zip(sizes[:-1], sizes[1:])
+        for i, o in zip(sizes[:-1], sizes[1:], strict=True)
     ]
 
 
@@ -237,6 +237,13 @@ def test_dense_sound(seed, shapes, scale, kind):
     assert bounds.shape == lead + (d_out,)
     pts = box_samples(rng, box.lower, box.upper)
     assert_sound(bounds, np.asarray(pts @ w + b), "dense")
+    # and exact: output j reaches its upper (lower) bound at the corner c + r sign(W[:, j]) (c - r sign)
+    c, r = np.asarray(x, np.float64), np.asarray(box.upper, np.float64) - np.asarray(x, np.float64)
+    sign = np.sign(np.asarray(w, np.float64))  # [d_in, d_out]
+    for s, bound in ((1.0, bounds.upper), (-1.0, bounds.lower)):
+        corner = c[..., :, None] + s * r[..., :, None] * sign  # [..., d_in, d_out]: one corner per output
+        reached = np.einsum("...io,io->...o", corner, np.asarray(w, np.float64)) + np.asarray(b, np.float64)
+        np.testing.assert_allclose(np.asarray(bound), reached, rtol=1e-4, atol=1e-4 * (1 + np.abs(reached).max()))
 
 
 @SETTINGS
@@ -252,6 +259,9 @@ def test_elementwise_rules_sound(seed, name, kind):
         assert_sound_var(out, np.asarray(fn(pts)), name)
     else:
         assert_sound(out, np.asarray(fn(pts)), name)
+    # and exact: each rule is monotone, so its bounds are the function at the box's ends
+    np.testing.assert_allclose(np.asarray(out.upper), np.asarray(fn(box.upper)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.lower), np.asarray(fn(box.lower)), rtol=1e-5, atol=1e-6)
 
 
 @SETTINGS

@@ -187,9 +187,19 @@ def test_message_bounds_are_sound_for_the_model(method):
     b = m.q_bounds_messages(p, msgs, eps)
     deltas = jax.random.uniform(jax.random.PRNGKey(4), (2000,) + msgs.shape, minval=-eps, maxval=eps)
     signs = jnp.sign(jax.random.normal(jax.random.PRNGKey(5), (500,) + msgs.shape)) * eps  # corners
-    for d in (deltas, signs):
+    # the corners a gradient attack would pick, one per (agent, action) and direction: they come
+    # nearer the bounds than random corners of the 144-dim box (for full_comm they break bounds
+    # computed at half the radius, which 500 random corners do not)
+    n, a = b.lower.shape
+    grads = jax.jacrev(lambda mm: m.q_values(p, h, mm))(msgs).reshape((n * a,) + msgs.shape)
+    aimed = jnp.concatenate([jnp.sign(grads) * eps, -jnp.sign(grads) * eps])
+    for d in (deltas, signs, aimed):
         qs = jax.vmap(lambda dd: m.q_values(p, h, msgs + dd))(d)
         assert bool(jnp.all(qs >= b.lower - 1e-5)) and bool(jnp.all(qs <= b.upper + 1e-5))
+    q0 = m.q_values(p, h, msgs)
+    pushed = jax.vmap(lambda dd: m.q_values(p, h, msgs + dd))(aimed[: n * a]).reshape(n, a, n, a)
+    gained = jnp.einsum("ijij->ij", pushed) - q0  # each Q moved up by its own aimed corner
+    assert bool(jnp.all(gained > 0))  # the aimed corners do reach towards the bounds
     b0 = m.q_bounds_messages(p, msgs, 0.0)
     np.testing.assert_allclose(b0.lower, m.q_values(p, h, msgs), atol=1e-5)
     # teammates-only: the own row is exact, so the bounds are no wider, and narrower somewhere

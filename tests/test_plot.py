@@ -167,7 +167,7 @@ def test_budget_figure_from_eval_tables(tmp_path, monkeypatch):
     axes = [a for a in fig.axes if a.get_visible()]
     assert [a.get_title() for a in axes] == ["random noise", "FGSM", "PGD"]  # one subplot per attack
     lines = {k: v for ax in axes for k, v in _lines(ax).items()}
-    for ax, attack in zip(axes, ("random", "fgsm", "pgd")):
+    for ax, attack in zip(axes, ("random", "fgsm", "pgd"), strict=True):
         assert set(_lines(ax)) == {f"cromac:{attack}", f"qmix:{attack}"}  # one line per method
     fg = lines["cromac:fgsm"]
     np.testing.assert_allclose(fg.get_xdata(), [0.0, 0.0125, 0.05, 0.2])  # natural at eps 0, then the budgets

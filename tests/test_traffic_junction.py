@@ -298,7 +298,7 @@ def test_rate_one_spawns_on_both_routes_when_slots_free(n_cars):
     _, state = env.reset_arrays(jax.random.PRNGKey(0))
     ts, state = step1(env, state, GAS, seed=1)
     assert int(state.alive.sum()) == min(2, n_cars)
-    routes = sorted(int(r) for r, a in zip(state.route, state.alive) if a)
+    routes = sorted(int(r) for r, a in zip(state.route, state.alive, strict=True) if a)
     assert routes == [0, 1][: min(2, n_cars)]  # route 0 first
     assert not bool(state.route_loc.any()) and not bool(state.wait.any())
     entry = {0: 2 + 7, 1: 2 + 0}

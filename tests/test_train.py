@@ -31,7 +31,7 @@ def tiny(method="cromac", **train):
 
 
 def leaves_equal(a, b):
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_two_seeds_vmapped_are_independent_and_match_single_seed_runs(two_seeds)
     s1, m1 = r1.chunk(r1.init_state())
     first = jax.tree.map(lambda x: x[0], s2.params)
     only = jax.tree.map(lambda x: x[0], s1.params)
-    for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(only)):
+    for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(only), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     p0 = jax.tree.map(lambda x: x[0], s2.params)
     p1 = jax.tree.map(lambda x: x[1], s2.params)
@@ -84,7 +84,7 @@ def test_a_seed_past_its_budget_is_left_out_of_the_chunk(tmp_path, two_seeds):
     new, m = r.chunk(state)
     seed = lambda tree, i: jax.tree.map(lambda x: np.asarray(x)[i], tree)  # noqa: E731
     assert leaves_equal(seed(new, 0), seed(before, 0)) and leaves_equal(seed(full_state, 0), seed(before, 0))
-    for x, y in zip(jax.tree.leaves(seed(new.params, 1)), jax.tree.leaves(seed(full_state.params, 1))):
+    for x, y in zip(jax.tree.leaves(seed(new.params, 1)), jax.tree.leaves(seed(full_state.params, 1)), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert int(new.t_env[1]) > int(before.t_env[1]) and int(new.updates[1]) == int(full_state.updates[1])
     loss = np.asarray(m.loss)

@@ -21,6 +21,7 @@ from envs.traffic_junction import (
     BRAKE,
     GAS,
     ROUTE_CELLS,
+    ROUTE_LEN,
     ROUTE_LOC_INDEX,
     TrafficJunction,
     TrafficJunctionState,
@@ -53,7 +54,7 @@ def _step_record(env, key, state, a):
     """One auto-reset dict-API ``env.step``, and what the tests look at, as flat arrays."""
     obs, new, rew, dones, info = env.step(key, state, env._to_dict(a))
     return new, dict(
-        prev_alive=state.alive, prev_route=state.route, prev_wait=state.wait,
+        prev_alive=state.alive, prev_route=state.route, prev_wait=state.wait, prev_route_loc=state.route_loc, action=a,
         alive=new.alive, route=new.route, route_loc=new.route_loc, wait=new.wait,
         obs=jnp.stack([obs[ag] for ag in env.agents]), world_state=obs["world_state"],
         reward=rew["agent_0"], rewards_equal=jnp.all(jnp.stack(list(rew.values())) == rew["agent_0"]),
@@ -355,9 +356,14 @@ def test_arrival_invariants_in_random_play():
         exited |= prev_alive[:, t] & ~alive[:, t] & live[:, t]
         exited &= ~done[:, t]
     assert recycled > 0
-    # a full system takes no arrival
-    still = prev_alive & alive & ~born  # cars that neither exited nor were replaced
-    assert not (born.any(-1) & (still.sum(-1) == n)).any()
+    # a car leaves its slot only by GAS from the last cell: an arrival never takes a slot whose
+    # car is still in the system, and a system that stays full takes no arrival
+    gone = prev_alive & (np.asarray(out["prev_route_loc"]) == ROUTE_LEN - 1) & (np.asarray(out["action"]) == GAS)
+    staying = prev_alive & ~gone & live
+    assert gone.any() and (born & prev_alive).any()  # exits happen, and exited slots are refilled at once
+    assert not (born & staying).any()
+    full = staying.sum(-1) == n
+    assert full.any() and not (born.any(-1) & full).any()
 
 
 # ---------------------------------------------------------------------------------- episodes

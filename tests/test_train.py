@@ -389,6 +389,17 @@ def test_plain_cromac_train_uses_the_quick_default_and_named_runs_the_paper_valu
     assert cfg_of("--seeds", "1").train.num_seeds == 1 and cfg_of("--seeds", "1").train.t_max == 450_000
     paper = cfg_of("--env", "hallway_4x5x6")
     assert paper.train.t_max == 2_050_000 and paper.cromac.robust_start == 700_000 and paper.train.num_seeds == 1
+    # every shortcut flag lands on its key, --set and key=value are the same overrides, and the
+    # flags win over both (the documented precedence)
+    every = cfg_of("--env", "lbf_3p1f", "--method", "ame", "--mixer", "qplex", "--seeds", "2", "--seed", "9",
+                   "--t-max", "1234", "--num-envs", "3", "--set", "cromac.eps=0.2", "--set", "train.lr=0.01",
+                   "train.gamma=0.5", "model.mixer=vdn", "train.seed=1")
+    assert (every.env.name, every.train.method, every.model.mixer) == ("lbf_3p1f", "ame", "qplex")
+    assert (every.train.num_seeds, every.train.seed, every.train.t_max, every.train.num_envs) == (2, 9, 1234, 3)
+    assert (every.cromac.eps, every.train.lr, every.train.gamma) == (0.2, 0.01, 0.5)
+    assert every.cromac.robust_start == 800_000  # the env's official values under the user's
+    quick_mixer = cfg_of("--mixer", "vdn", "--set", "train.t_max=1000")  # no env or method: still the quick default
+    assert (quick_mixer.model.mixer, quick_mixer.train.t_max, quick_mixer.train.num_seeds) == ("vdn", 1000, 3)
 
 
 # orbax's background I/O thread reports the failed read once more after the error is raised

@@ -52,8 +52,9 @@ def _run(env, policy, key, steps=None):
     return total, won, length, ts
 
 
-def test_arrive_together_wins_every_episode():
-    env = envs.make("hallway_4x5x6")
+@pytest.mark.parametrize("reward_win", [None, 2.5])  # the default 1, then overridden
+def test_arrive_together_wins_every_episode(reward_win):
+    env = envs.make("hallway_4x5x6") if reward_win is None else envs.make("hallway_4x5x6", reward_win=reward_win)
     step = jax.jit(env.step_arrays)
     env_j = type("J", (), {})()
     env_j.reset_arrays, env_j.step_arrays, env_j.episode_limit = jax.jit(env.reset_arrays), step, 16
@@ -65,7 +66,7 @@ def test_arrive_together_wins_every_episode():
 
     for k in range(20):
         total, won, length, ts = _run(env_j, together, jax.random.PRNGKey(k))
-        assert won and total == 1.0 and bool(ts.terminated) and not bool(ts.truncated)
+        assert won and total == (reward_win or 1.0) and bool(ts.terminated) and not bool(ts.truncated)
         assert length <= 6
 
 

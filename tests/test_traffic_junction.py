@@ -238,23 +238,24 @@ def test_always_brake():
 
 
 # ---------------------------------------------------------------------------------- crashes
-def test_crash_at_junction_is_penalised_and_sticky():
-    env = tj(arrival_rate=0.0)
+@pytest.mark.parametrize("crash,time", [(-10.0, -0.01), (-3.0, -0.5)])  # the defaults, then overridden
+def test_crash_at_junction_is_penalised_and_sticky(crash, time):
+    env = tj(arrival_rate=0.0) if crash == -10.0 else tj(arrival_rate=0.0, crash_penalty=crash, time_penalty=time)
     state = make_state(env, {0: (0, 2, 2), 3: (1, 2, 2)})  # at (2,3) and (3,2)
     ts, state = step1(env, state, GAS)
     assert int(state.route_loc[0]) == 3 and int(state.route_loc[3]) == 3  # both at (3,3)
-    assert float(ts.reward) == pytest.approx(-20.0 - 0.03 - 0.03, abs=1e-5)
+    assert float(ts.reward) == pytest.approx(2 * crash + 2 * 3 * time, abs=1e-5)  # each: crash + time * wait 3
     assert not bool(ts.won) and bool(state.has_failed) and not bool(ts.terminated)
     info = env._extra_info(state)
     assert set(info) == set(env.extra_info_keys) and not bool(info["success"])
     assert float(ts.obs[0, 2 + 3]) == 1.0 and float(ts.obs[3, 2 + 3]) == 1.0
     # still co-located after braking: penalised again, cars stay in the system
     ts, state = step1(env, state, BRAKE)
-    assert float(ts.reward) == pytest.approx(-20.0 - 0.04 - 0.04, abs=1e-5)
+    assert float(ts.reward) == pytest.approx(2 * crash + 2 * 4 * time, abs=1e-5)
     assert int(state.alive.sum()) == 2
     # they separate: only time penalties, but success stays lost
     ts, state = step1(env, state, GAS)
-    assert float(ts.reward) == pytest.approx(-0.05 - 0.05, abs=1e-5)
+    assert float(ts.reward) == pytest.approx(2 * 5 * time, abs=1e-5)
     assert not bool(ts.won) and int(state.alive.sum()) == 2
     while not bool(ts.done):
         ts, state = step1(env, state, GAS)

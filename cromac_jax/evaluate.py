@@ -459,6 +459,17 @@ def _ame_certified(model: "CromacModel", params: Any, messages: jax.Array, avail
     return jnp.all(beats | ~others, axis=-1)
 
 
+def certified_fraction(cert: jax.Array, avail: jax.Array, lengths: jax.Array) -> jax.Array:
+    """The certified share of real decisions: cert [E, T1, N] over the slots each episode played
+    (``lengths`` [E]) where the agent had at least two available actions (one action is no
+    decision, and counting it would inflate the rate of envs with dead or blocked agents); NaN
+    when there was none."""
+    taken = jnp.arange(cert.shape[1])[None, :] < lengths[:, None]
+    decision = taken[..., None] & (jnp.sum(avail.astype(bool), axis=-1) >= 2)
+    count = jnp.sum(decision)
+    return jnp.where(count > 0, jnp.sum(cert & decision) / jnp.maximum(count, 1), jnp.nan)
+
+
 def certified_rate(
     run: Run,
     episodes: int = DEFAULT_EPISODES,
@@ -490,10 +501,7 @@ def certified_rate(
 
             _, hs = jax.vmap(lambda obs: jax.lax.scan(replay, h0, obs))(ep.obs)  # [E, T1, N, H]
             cert = certified_decisions(model, params, hs, ep.avail, e, attack_own)  # [E, T1, N]
-            taken = jnp.arange(ep.obs.shape[1])[None, :] < stats.lengths[:, None]
-            decision = taken[..., None] & (jnp.sum(ep.avail.astype(bool), axis=-1) >= 2)
-            count = jnp.sum(decision)
-            return jnp.where(count > 0, jnp.sum(cert & decision) / jnp.maximum(count, 1), jnp.nan)
+            return certified_fraction(cert, ep.avail, stats.lengths)
 
         return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
 
@@ -703,7 +711,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "Run", "EvalResult", "load_run", "untrained_run", "evaluate", "certified_decisions", "certified_rate",
+    "Run", "EvalResult", "load_run", "untrained_run", "evaluate", "certified_decisions", "certified_fraction", "certified_rate",
     "eval_grid", "report_paths", "add_eval_parser", "check_budgets", "resolve_attacks",
     "DEFAULT_EPISODES", "DEFAULT_ATTACKS", "evaluate_state_latent",
 ]

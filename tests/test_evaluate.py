@@ -231,3 +231,17 @@ def test_bad_input_is_one_clear_error(trained, run, tmp_path):
         ev.eval_grid(run, budgets=["x"], episodes=E)
     with pytest.raises(ConfigError, match="attack 3 is invalid"):
         ev.evaluate(run, 3, episodes=E)
+
+
+def test_certified_fraction_counts_only_real_decisions():
+    # 2 episodes x 3 slots x 2 agents, 3 actions; episode 0 played 2 slots, episode 1 played 3
+    cert = jnp.array([[[1, 0], [1, 1], [0, 0]],
+                      [[0, 0], [1, 0], [1, 1]]], bool)
+    avail = jnp.ones((2, 3, 2, 3), bool)
+    avail = avail.at[1, 0, 1].set(jnp.array([True, False, False]))  # one action: no decision
+    lengths = jnp.array([2, 3])
+    # decisions: ep 0 slots 0-1 (4), ep 1 slots 0-2 less the one-action one (5); certified 3 + 3
+    np.testing.assert_allclose(float(ev.certified_fraction(cert, avail, lengths)), 6 / 9, rtol=1e-6)
+    only_one = jnp.zeros_like(avail).at[..., 0].set(True)
+    assert np.isnan(float(ev.certified_fraction(cert, only_one, lengths)))
+    assert np.isnan(float(ev.certified_fraction(cert, avail, jnp.array([0, 0]))))

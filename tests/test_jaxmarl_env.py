@@ -265,3 +265,46 @@ def test_presets_are_unchanged_and_configs_load():
         assert cfg.env.name == "jaxmarl:" + name
         env = envs.make(cfg.env.name, **dict(cfg.env.overrides))
         assert env.describe()["n_agents"] == 2
+
+
+def _countdown(key):
+    """A minimal JaxMARL-API env (built on ``MultiAgentEnv``): two agents, two actions, three
+    steps; it reports success under ``info[key]`` when agent_0's last action is 1, as envs
+    outside the SMAX family do."""
+    from jaxmarl.environments.multi_agent_env import MultiAgentEnv
+    from jaxmarl.environments.spaces import Box, Discrete
+
+    class Countdown(MultiAgentEnv):
+        def __init__(self):
+            super().__init__(num_agents=2)
+            self.agents = ["agent_0", "agent_1"]
+            self.max_steps = 10
+            self.observation_spaces = {a: Box(0.0, 3.0, (1,)) for a in self.agents}
+            self.action_spaces = {a: Discrete(2) for a in self.agents}
+
+        def reset(self, rng):
+            t = jnp.zeros((), jnp.int32)
+            return self._obs(t), t
+
+        def _obs(self, t):
+            return {a: jnp.full((1,), t, jnp.float32) for a in self.agents}
+
+        def step_env(self, rng, t, actions):
+            t = t + 1
+            done = t >= 3
+            info = {key: done & (actions["agent_0"] == 1)} if key else {}
+            return (self._obs(t), t, {a: jnp.float32(1.0) for a in self.agents},
+                    {**{a: done for a in self.agents}, "__all__": done}, info)
+
+    return Countdown()
+
+
+@pytest.mark.parametrize("key", ["won", "battle_won", "success", "is_success", None])
+def test_won_comes_from_the_env_info_outside_smax(key):
+    env = JaxMARLEnv(_countdown(key), name="countdown")
+    for action, expect in ((1, key is not None), (0, False)):
+        ts, state = env.reset_arrays(jax.random.PRNGKey(0))
+        for _ in range(3):
+            ts, state = env.step_arrays(jax.random.PRNGKey(1), state, jnp.full((2,), action, jnp.int32))
+        assert bool(ts.terminated) and not bool(ts.truncated) and float(ts.reward) == 1.0
+        assert bool(ts.won) == expect, (key, action)

@@ -59,7 +59,9 @@ def test_bench_parser_is_cheap_and_quick_settings_resolve():
     full = bench.resolve_settings(_parser().parse_args(["bench"]))
     assert full["seed_counts"] == [1, 2, 4, 8, 16] and full["device_counts"] == [1, 2]
     assert set(bench.DEFAULT_TRAIN_ENVS) == {"hallway_4x5x6", "lbf_3p1f", "tj_slow", "smax_1o2r_vs_4r"} <= set(full["envs"])
+    assert bench.resolve_settings(_parser().parse_args(["bench", "--scaling-env", "lbf_3p1f"]))["scaling_env"] == "lbf_3p1f"
     for bad, says in ((["bench", "--envs", "no_such_env"], "unknown environment 'no_such_env'"),
+                      (["bench", "--scaling-env", "tj_nowhere"], "unknown environment 'tj_nowhere'"),
                       (["bench", "--methods", "dqn"], "unknown method 'dqn'"),
                       (["bench", "--chunks", "0"], "chunks and seeds must be >= 1")):
         with pytest.raises(SystemExit, match=says):

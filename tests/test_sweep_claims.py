@@ -110,3 +110,17 @@ def test_cli_sweep_names_the_share_forms_on_a_bad_share():
 
     with pytest.raises(SystemExit, match="--share must look like I/N, any/N or auto, got 'half'"):
         cli.main(["sweep", "--share", "half"])
+
+
+def test_sweep_command_passes_every_option_to_the_sweep(tmp_path, monkeypatch):
+    from cromac_jax import cli
+
+    seen = {}
+    monkeypatch.setattr(sweep, "sweep", lambda *a, **kw: seen.update(args=a))
+    argv = ["sweep", "--out", str(tmp_path), "--envs", "lbf_3p1f", "--methods", "cromac", "--mixers", "vdn", "qplex",
+            "--seeds", "2", "--t-max", "500", "--num-envs", "3", "--share", "1/2", "--cpu-devices", "off", "train.lr=0.01"]
+    assert cli.main(argv) == 0
+    out, envs_, methods, mixers, seeds, extra, share = seen["args"]
+    assert (str(out), envs_, methods, mixers, seeds) == (str(tmp_path), ["lbf_3p1f"], ["cromac"], ["vdn", "qplex"], 2)
+    assert extra == ["train.lr=0.01", "train.t_max=500", "train.num_envs=3"] and share == (1, 2)
+    assert [r.name for r in sweep.plan(envs_, methods, mixers)] == ["lbf_3p1f_cromac_vdn", "lbf_3p1f_cromac_qplex"]

@@ -134,11 +134,10 @@ def report_runs(env: str, runs_dir: Path, methods: Sequence[str], figure5a: bool
     protocol that already has a directory in ``runs_dir``, so evaluating one finished method beside
     the trainers (``--methods full_comm``) adds its row to the table instead of replacing the table."""
     mine = plan_runs(env, methods, figure5a)
-    names = {r.name for r in mine}
     full = plan_runs(env, DEFAULT_METHODS, figure5a)
-    others = [r for r in full if r.name not in names and (runs_dir / r.name).is_dir()]
-    wanted = names | {r.name for r in others}
-    return [r for r in full if r.name in wanted] + [r for r in mine if r.name not in {f.name for f in full}]
+    names, in_full = {r.name for r in mine}, {r.name for r in full}
+    return ([r for r in full if r.name in names or (runs_dir / r.name).is_dir()]
+            + [r for r in mine if r.name not in in_full])
 
 
 def run_label(run: sweep.SweepRun) -> str:

@@ -747,6 +747,9 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [s["env_steps"], s["repeats"], s["chunk_iterations"], s["chunks"], s["device_seeds"]]
     if min(counts + sizes) < 1 or s["updates"] < 0:
         raise SystemExit("cromac bench: error: counts, steps, repeats, chunks and seeds must be >= 1 (--updates >= 0)")
+    timeout = getattr(args, "timeout", 1800.0)
+    if not timeout > 0:  # also refuses nan
+        raise SystemExit(f"cromac bench: error: --timeout {timeout} is invalid: seconds per isolated measurement must be > 0")
     return s
 
 

@@ -63,7 +63,9 @@ def test_bench_parser_is_cheap_and_quick_settings_resolve():
     for bad, says in ((["bench", "--envs", "no_such_env"], "unknown environment 'no_such_env'"),
                       (["bench", "--scaling-env", "tj_nowhere"], "unknown environment 'tj_nowhere'"),
                       (["bench", "--methods", "dqn"], "unknown method 'dqn'"),
-                      (["bench", "--chunks", "0"], "chunks and seeds must be >= 1")):
+                      (["bench", "--chunks", "0"], "chunks and seeds must be >= 1"),
+                      (["bench", "--timeout", "0"], "--timeout 0.0 is invalid"),
+                      (["bench", "--timeout", "nan"], "--timeout nan is invalid")):
         with pytest.raises(SystemExit, match=says):
             bench.resolve_settings(_parser().parse_args(bad))
 
@@ -170,6 +172,23 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path, monkeypatch):
                  "## Seed scaling", "## Device scaling", "vs official numpy", "vs official ms/update"):
         assert text in md, text
     assert f"{one['ratio_env_steps_per_s']:.2f}x" in md or f"{one['ratio_env_steps_per_s']:.0f}x" in md
+
+
+@pytest.mark.timeout(300)
+def test_bench_timeout_stops_an_isolated_measurement_and_reports_it(tmp_path, monkeypatch):
+    """A measurement that outlives ``--timeout`` is killed; the report names it under "Not
+    measured" and the other measurements still run (nothing here finishes: importing jax and
+    compiling take longer than 1 s)."""
+    monkeypatch.setattr(sys, "argv", ["cromac", "bench"])
+    out = tmp_path / "bench_timeout"
+    argv = ["bench", "--parts", "env", "--presets", "hallway_4x5x6", "lbf_3p1f", "--num-envs", "4", "--env-steps", "5",
+            "--repeats", "1", "--apis", "array", "--timeout", "1", "--out", str(out)]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    rows = json.loads((tmp_path / "bench_timeout.json").read_text())["results"]
+    assert [r["error"] for r in rows] == ["timed out after 1s"] * 2
+    md = (tmp_path / "bench_timeout.md").read_text()
+    assert "## Not measured" in md and md.count(": timed out after 1s") == 2
 
 
 # ---------------------------------------------------------------------------------- Table 1

@@ -204,6 +204,24 @@ def test_cli_eval_teammates_only(trained, run, capsys):
     assert defaults.checkpoint == "latest" and not defaults.teammates_only
 
 
+def test_cli_eval_seed_chooses_the_evaluation_key(trained, run):
+    """``--seed S`` evaluates with PRNGKey(S): the rows are those of ``evaluate`` with that key,
+    and the default is the documented train.seed + EVAL_KEY_OFFSET."""
+
+    def cli(*extra):
+        args = _eval_parser().parse_args(["eval", str(trained), "--attacks", "random", "--budgets", "1",
+                                          "--episodes", str(E), *extra])
+        assert args.func(args) == 0
+        return json.loads((trained / f"eval_{run.step}.json").read_text())["rows"][0]["per_seed"]
+
+    for seed in (123, run.cfg.train.seed + ev.EVAL_KEY_OFFSET):
+        got = cli("--seed", str(seed))
+        want = ev.evaluate(run, "random", episodes=E, eps=run.eps, key=jax.random.PRNGKey(seed))
+        assert got["return"] == pytest.approx(list(want.return_mean))
+        assert got["ep_length"] == pytest.approx(list(want.ep_length))
+    assert cli()["ep_length"] == pytest.approx(got["ep_length"])  # the default is the last seed above
+
+
 def test_bad_input_is_one_clear_error(trained, run, tmp_path):
     def fails(exc, needle, argv):
         args = _eval_parser().parse_args(["eval", *argv])
@@ -225,6 +243,7 @@ def test_bad_input_is_one_clear_error(trained, run, tmp_path):
     fails(ConfigError, "unknown attack 'fgs'; choose from natural, random, fgsm, pgd", [str(trained), "--attacks", "fgs"])
     fails(ConfigError, "budget -1.0 is invalid", [str(trained), "--budgets", "1", "-1"])
     fails(ConfigError, "episodes=0 is invalid", [str(trained), "--episodes", "0"])
+    fails(ConfigError, "--seed -1 is invalid: evaluation keys take seeds in [0, 2**32)", [str(trained), "--seed", "-1"])
     with pytest.raises(ConfigError, match="eps=-0.1 is invalid"):
         ev.evaluate(run, "fgsm", episodes=E, eps=-0.1)
     with pytest.raises(ConfigError, match="budget 'x' is invalid"):

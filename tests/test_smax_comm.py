@@ -401,6 +401,26 @@ def test_losing_every_fighter_ends_the_episode_without_a_win(env, jitted):
     assert float(ts.reward) == 0.0
 
 
+@pytest.mark.parametrize("sight", [4.0, 6.0])
+def test_enemies_chase_a_fighter_only_within_enemy_sight(sight):
+    """The enemy script moves towards a fighter it can see (``enemy_sight``) but cannot yet hit,
+    and stops otherwise; the overlord is never chased."""
+    env = envs.make("smax_1o2r_vs_4r", enemy_sight=sight)
+    _, state = env.reset_arrays(jax.random.PRNGKey(0))
+    na = env.n_agents
+    fighters = np.flatnonzero(env.smax.is_fighter)
+    ally = np.array([(2.0 + 3.0 * i, 2.0) for i in range(na)])  # all far from the enemies' corner
+    ally[fighters[0]] = (20.5, 16.0)  # 4.5 east of enemy 0
+    ally[env.scout_index] = (16.0, 17.0)  # the overlord right beside enemy 0: not a target
+    enemy = [(16.0, 16.0), (30.0, 30.0), (30.0, 27.0), (27.0, 30.0)]
+    state = _placed(env, state, ally, enemy)
+    reach = float(env.smax.unit_type_attack_ranges[int(state.smax.unit_types[na])])
+    assert reach < 4.5 < 6.0  # out of enemy 0's attack range, within sight 6 only
+    acts = np.asarray(jax.jit(env.smax.enemy_actions)(state.smax))
+    assert acts[0] == (1 if sight > 4.5 else smax_comm._STOP)  # 1: move east (+x)
+    assert np.all(acts[1:] == smax_comm._STOP)
+
+
 def test_array_and_dict_api_agree(env, jitted):
     reset, step = jitted
     key = jax.random.PRNGKey(7)

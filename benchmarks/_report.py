@@ -1,13 +1,14 @@
 """Shared pieces of the benchmark scripts: hardware description, timing, tables and JSON.
 
-Not a benchmark itself. ``env_throughput.py`` and ``update_cost.py`` import it as a sibling
-module (each script puts its own folder on ``sys.path``), so both are run as plain scripts from
-the repository root::
+Not a benchmark itself. The scripts of ``benchmarks/`` (``env_throughput.py``, ``update_cost.py``,
+``train_throughput.py``, ``eval_throughput.py``, ``distributed_scaling.py``, ``slot_trim.py``,
+``reproduce_table1.py``) import it as a sibling module (each puts its own folder on
+``sys.path``), so they are run as plain scripts from the repository root::
 
     python benchmarks/env_throughput.py
     python benchmarks/update_cost.py
 
-Timing rule used by both: the first call of a jitted function (tracing + XLA compilation + one
+Timing rule used by all of them: the first call of a jitted function (tracing + XLA compilation + one
 execution) is reported on its own as the compile time; run time is measured on later calls
 only, each ended with ``jax.block_until_ready`` so asynchronous dispatch cannot hide work.
 """

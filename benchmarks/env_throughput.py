@@ -8,9 +8,11 @@ Run from the repository root (the script puts its own folder and the repository 
     python benchmarks/env_throughput.py --presets smax_1o2r_vs_4r smax_1o10b_vs_1r \
         --num-envs 1024 --merge                               # SMAX rows, next to JaxMARL's 3m
 
-For each registered preset, ``num_envs`` copies of the environment are reset once, then one
-jitted call runs ``lax.scan`` over ``--steps`` steps of ``vmap(env.step)`` (JaxMARL's dict API
-with auto-reset), each agent taking a uniformly random *available* action (drawn from the
+For each registered preset, plus JaxMARL's two MPE communication tasks through
+``envs.make("jaxmarl:NAME")`` (``JAXMARL_COMM_BENCHMARKS``), ``num_envs`` copies of the environment
+are reset once, then one jitted call runs ``lax.scan`` over ``--steps`` steps of each API in
+``--apis`` (default both): ``vmap(env.step)``, JaxMARL's dict API with auto-reset, and the array
+core ``step_arrays`` as the trainer's rollout calls it; each agent takes a uniformly random *available* action (drawn from the
 ``_avail`` mask with one uniform number per agent: ``random_available_actions``). Steps/s
 counts environment steps: ``num_envs * steps / seconds``.
 

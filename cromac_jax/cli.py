@@ -59,7 +59,8 @@ def _join(args: argparse.Namespace) -> None:
 def _host_devices(args: argparse.Namespace, num_seeds: int, processes_here: int = 1) -> None:
     """Fix the CPU device count for ``num_seeds`` seeds (``--cpu-devices``); must run before the
     runner is imported, because importing it (jaxmarl) starts the JAX backend. ``processes_here``:
-    how many processes share this host's cores (a sweep split with ``--share I/N``)."""
+    how many processes share this host's cores (a sweep split with ``--share``:
+    ``distributed.processes_on_this_host``)."""
     from cromac_jax import host_devices
 
     spec = args.cpu_devices
@@ -117,7 +118,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             index, count = parse_share(args.share, forms="I/N, any/N or auto")
         except ConfigError as e:
             raise SystemExit(f"cromac sweep: {e}") from None
-    _host_devices(args, args.seeds, processes_here=max(1, count))
+    from cromac_jax.distributed import processes_on_this_host
+
+    _host_devices(args, args.seeds, processes_here=processes_on_this_host(max(1, count)))
     from cromac_jax import sweep
 
     sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count))
@@ -140,8 +143,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _add_cpu_devices_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-devices", dest="cpu_devices", default="auto", metavar="auto|off|N",
                    help="split a CPU host into N JAX devices so the seeds run on every core (default auto: "
-                        "chosen from the seed count and the cores; off: one device; ignored on GPU/TPU "
-                        "and when XLA_FLAGS sets --xla_force_host_platform_device_count)")
+                        "chosen from the seed count and the cores; off: one device; ignored on GPU/TPU. "
+                        "auto leaves a count set by XLA_FLAGS --xla_force_host_platform_device_count or "
+                        "JAX_NUM_CPU_DEVICES alone; an N that contradicts it is an error)")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:

@@ -3,8 +3,10 @@
 A config file is data (``yaml.safe_load``), never code. Every key is checked against the
 dataclasses below: an unknown key, a wrong type or an out-of-range value raises ``ConfigError``
 with one line naming the key path, the value and what is allowed, before anything is compiled.
-Defaults are the paper's official hyperparameters for hallway 4x5x6 (``HYPERPARAMS.md``); the
-per-environment YAML files in ``configs/`` override what differs.
+Defaults are the paper's official hyperparameters for hallway 4x5x6 (``HYPERPARAMS.md``); each
+environment's official settings override what differs. Those are embedded here (``ENV_DEFAULTS``),
+so an installed package needs no data files; ``configs/<preset>.yaml`` mirrors them for users to
+read and copy (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -311,8 +313,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: What ``cromac train`` runs with no config, env or method given: CroMAC on hallway 4x5x6 with the
 #: paper's hyperparameters but a short schedule (3 seeds x 450k env steps, epsilon annealed over
-#: 50k, robust training from 250k), so a first run on a laptop CPU learns and shows the effect of
-#: robust training in about a quarter of an hour. The paper's own protocol (2.05M steps,
+#: 50k, robust training from 250k), so a first run learns and shows the effect of robust training
+#: in about 25 minutes on a 2-core CPU (a few on a GPU). The paper's own protocol (2.05M steps,
 #: robust from 700k) is ``--config configs/hallway_4x5x6.yaml``.
 QUICK_DEFAULT: dict[str, Any] = {
     "env": {"name": "hallway_4x5x6"},

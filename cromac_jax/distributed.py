@@ -4,8 +4,10 @@ There is no launcher here: each process is started by whatever starts processes 
 (``srun``, ``ssh``, a shell loop) and calls :func:`initialize` before any other JAX call. JAX's
 coordination service then lists every process's devices in ``jax.devices()``; the trainer lays the
 seed axis over all of them (``runner.seed_sharding``), so each process steps only its own seeds.
-Seeds never communicate: what crosses the network per chunk is the metrics gather (a few scalars
-per seed), the periodic test results and orbax's checkpoint barriers.
+Seeds never exchange gradients or data: what crosses the network is, per chunk, the metrics gather
+(a few scalars per seed), the periodic test results and orbax's checkpoint barriers, and per learner
+update one all-reduce of an int (the batch trim's longest episode over all seeds,
+``train.slot_buckets``; ``train.slot_buckets=1`` removes it).
 
 Where the settings come from, first match wins:
 
@@ -150,6 +152,18 @@ def share_from_environment() -> tuple[int, int]:
                 raise ConfigError(f"{idx}={i} is out of range for {cnt}={n}")
             return i, n
     return 0, 1
+
+
+def processes_on_this_host(count: int) -> int:
+    """How many of a sweep's ``count`` processes share this host's cores (``--cpu-devices auto``
+    divides the cores among them): Open MPI's ``OMPI_COMM_WORLD_LOCAL_SIZE`` or SLURM's
+    ``SLURM_NTASKS_PER_NODE`` when the launcher sets it, else ``count``, i.e. all on this host, the
+    guess that can only give a process fewer CPU devices than its cores allow, never more."""
+    for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        n = _env_int(name)
+        if n is not None and n >= 1:
+            return min(n, count)
+    return count
 
 
 def free_port() -> int:

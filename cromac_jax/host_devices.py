@@ -41,6 +41,19 @@ def user_has_chosen() -> bool:
     return USER_SETTINGS[0] in os.environ.get("XLA_FLAGS", "") or USER_SETTINGS[1] in os.environ
 
 
+def user_count() -> int | None:
+    """The host device count XLA_FLAGS or JAX_NUM_CPU_DEVICES sets, if either does and it reads
+    as an integer (JAX_NUM_CPU_DEVICES wins, as in jax)."""
+    env = os.environ.get(USER_SETTINGS[1])
+    if env is not None:
+        return int(env) if env.strip().lstrip("-").isdigit() else None
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        name, _, value = flag.partition("=")
+        if name == USER_SETTINGS[0] and value.isdigit():
+            return int(value)
+    return None
+
+
 def parse(spec: str) -> str | int:
     """``auto``, ``off`` or a positive device count, else one ConfigError naming the value."""
     if spec in ("auto", "off"):
@@ -62,7 +75,8 @@ def apply(spec: str, num_seeds: int, cores: int | None = None, processes: int = 
     ``auto`` sets ``plan(num_seeds, cores)`` when that is more than one device, unless the user
     chose a count through XLA_FLAGS / JAX_NUM_CPU_DEVICES or a backend is already running (a
     library caller that imported and used jax first): then it quietly changes nothing, since
-    the run is correct on any device count. An explicit count in those cases is an error.
+    the run is correct on any device count. An explicit count that differs from the user's own
+setting, or from the devices of a running backend, is an error.
     """
     import jax
     from jax._src import xla_bridge
@@ -83,6 +97,10 @@ def apply(spec: str, num_seeds: int, cores: int | None = None, processes: int = 
         if n > 1 and num_seeds % n:
             raise ConfigError(f"--cpu-devices {n} does not divide train.num_seeds={num_seeds}; "
                               f"use a divisor (auto picks {plan(num_seeds, cores)})")
+        chosen = user_count()
+        if user_has_chosen() and chosen != n:
+            raise ConfigError(f"--cpu-devices {n} contradicts the host device count set by XLA_FLAGS / "
+                              f"{USER_SETTINGS[1]} ({chosen if chosen is not None else 'unreadable'}); drop one of them")
         if started and len(jax.devices("cpu")) != n:
             raise ConfigError(f"--cpu-devices {n}: a JAX backend is already running with "
                               f"{len(jax.devices('cpu'))} CPU device(s); set it before anything uses jax")

@@ -58,7 +58,8 @@ def default_run_dir(cfg: Config) -> Path:
 def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding | None:
     """Lay the seed axis over the devices (a 1-D mesh, axis type Auto), or None on one device.
 
-    Seeds never communicate, so XLA partitions the vmapped program with no collectives. In one
+    Seeds never exchange gradients or data; the program's one collective is the batch trim's
+    per-update all-reduce of an int (``train.slot_buckets``, ``train.py``). In one
     process, when the seed count does not divide evenly, the largest device count that divides it
     is used. Across processes (``cromac_jax.distributed``) every process must hold seeds, so a seed
     count that does not divide over all devices is refused rather than leaving a process idle.
@@ -108,7 +109,7 @@ class SeedRunner:
         tr = self.trainer
         self.sharding = seed_sharding(cfg.train.num_seeds)
         # Metrics and test results come back replicated, so each process can read every seed
-        # (the only cross-process traffic besides checkpoints: a few scalars per seed and chunk).
+        # (a few scalars per seed and chunk; besides this, checkpoints and the batch trim's int per update).
         if self.sharding is None:
             state_out = metrics_out = {}
         else:

@@ -106,6 +106,17 @@ def test_apply_after_the_backend_started_changes_nothing_or_refuses():
         host_devices.apply(str(n + 1), n + 1)
 
 
+def test_user_count_reads_the_users_own_setting(monkeypatch):
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    for flags, want in (("", None), ("--xla_backend_optimization_level=0", None),
+                        ("--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=6", 6),
+                        ("--xla_force_host_platform_device_count=x", None)):
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        assert host_devices.user_count() == want, flags
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")  # jax's own setting wins over the XLA flag
+    assert host_devices.user_count() == 4 and host_devices.user_has_chosen()
+
+
 DEVICES_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -117,11 +128,14 @@ DEVICES_SCRIPT = textwrap.dedent(
 )
 
 
-def _devices_run(spec, seeds, cores, xla_flags=""):
+def _devices_run(spec, seeds, cores, xla_flags="", fails=False):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
     proc = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, spec, str(seeds), str(cores)], env=env,
                           capture_output=True, text=True, timeout=120)
+    if fails:
+        assert proc.returncode != 0
+        return proc.stderr
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.split("RESULT", 1)[1].split()
 
@@ -135,6 +149,10 @@ def test_apply_sets_the_host_device_count_before_jax_starts():
     assert _devices_run("4", 8, 2) == ["4", "4"]
     # the user's own XLA flag wins over auto
     assert _devices_run("auto", 8, 2, "--xla_force_host_platform_device_count=3") == ["None", "3"]
+    # an explicit count must agree with the user's flag (jax_num_cpu_devices would silently override it)
+    assert _devices_run("3", 6, 2, "--xla_force_host_platform_device_count=3") == ["3", "3"]
+    err = _devices_run("2", 8, 2, "--xla_force_host_platform_device_count=3", fails=True)
+    assert "--cpu-devices 2 contradicts the host device count set by XLA_FLAGS / JAX_NUM_CPU_DEVICES (3)" in err
 
 
 @pytest.mark.timeout(600)

@@ -183,6 +183,20 @@ def test_sweep_share_comes_from_the_launcher(monkeypatch):
         distributed.share_from_environment()
 
 
+def test_processes_on_this_host_divide_its_cores(monkeypatch):
+    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.processes_on_this_host(8) == 8  # unknown: assume all here
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    assert distributed.processes_on_this_host(8) == 4  # 8 tasks over 2 nodes
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2")
+    assert distributed.processes_on_this_host(8) == 2
+    assert distributed.processes_on_this_host(1) == 1  # never more than the sweep's processes
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "two")
+    with pytest.raises(ConfigError, match="OMPI_COMM_WORLD_LOCAL_SIZE='two' must be an integer"):
+        distributed.processes_on_this_host(8)
+
+
 def test_sweep_summary_marks_runs_still_training_elsewhere(tmp_path):
     from cromac_jax import sweep
 

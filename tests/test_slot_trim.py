@@ -49,7 +49,7 @@ def _short_batch(state, seed=0, size=8):
     return jax.tree.map(jnp.asarray, exp), longest
 
 
-@pytest.mark.parametrize("method", ["cromac", "ame", "full_comm", "qmix"])
+@pytest.mark.parametrize("method", ["cromac", "cromac_no_robust", "ame", "full_comm", "qmix"])
 @pytest.mark.timeout(300)
 def test_trimmed_loss_and_gradients_equal_the_full_batch(filled_runner, method):
     """Every slot-mean keeps the official B*T1 normaliser and every random draw (the state VAE's

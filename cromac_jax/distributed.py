@@ -4,10 +4,9 @@ There is no launcher here: each process is started by whatever starts processes 
 (``srun``, ``ssh``, a shell loop) and calls :func:`initialize` before any other JAX call. JAX's
 coordination service then lists every process's devices in ``jax.devices()``; the trainer lays the
 seed axis over all of them (``runner.seed_sharding``), so each process steps only its own seeds.
-Seeds never exchange gradients or data: what crosses the network is, per chunk, the metrics gather
-(a few scalars per seed), the periodic test results and orbax's checkpoint barriers, and per learner
-update one all-reduce of an int (the batch trim's longest episode over all seeds,
-``train.slot_buckets``; ``train.slot_buckets=1`` removes it).
+Seeds never exchange gradients or data (each device runs its own seeds: ``runner.device_parallel``):
+what crosses the network per chunk is the metrics gather (a few scalars per seed), the periodic test
+results and orbax's checkpoint barriers.
 
 Where the settings come from, first match wins:
 

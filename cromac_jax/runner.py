@@ -58,8 +58,7 @@ def default_run_dir(cfg: Config) -> Path:
 def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding | None:
     """Lay the seed axis over the devices (a 1-D mesh, axis type Auto), or None on one device.
 
-    Seeds never exchange gradients or data; the program's one collective is the batch trim's
-    per-update all-reduce of an int (``train.slot_buckets``, ``train.py``). In one
+    Seeds never exchange gradients or data: each device runs its own (``device_parallel``). In one
     process, when the seed count does not divide evenly, the largest device count that divides it
     is used. Across processes (``cromac_jax.distributed``) every process must hold seeds, so a seed
     count that does not divide over all devices is refused rather than leaving a process idle.
@@ -78,6 +77,18 @@ def seed_sharding(num_seeds: int, devices: list | None = None) -> NamedSharding 
         return None
     mesh = Mesh(np.array(devices[:n]), ("seeds",), axis_types=(AxisType.Auto,))
     return NamedSharding(mesh, PartitionSpec("seeds"))
+
+
+def device_parallel(seeds_chunk: Callable, sharding: NamedSharding) -> Callable:
+    """``seeds_chunk`` with each device running its own seeds (``shard_map``), jitted to return
+    the state sharded and the metrics replicated. Inside, the seed vmap's named reductions (the
+    batch trim's longest episode, the learner's readiness) cover the device's own seeds only, so
+    devices, and the processes holding them, never wait on each other within a chunk; left to the
+    partitioner, the same program would all-reduce across devices at every learner update."""
+    spec = PartitionSpec(*sharding.spec)
+    body = jax.shard_map(seeds_chunk, mesh=sharding.mesh, in_specs=spec, out_specs=(spec, spec), check_vma=False)
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.jit(body, donate_argnums=0, out_shardings=(sharding, replicated))
 
 
 @jax.jit
@@ -109,17 +120,19 @@ class SeedRunner:
         tr = self.trainer
         self.sharding = seed_sharding(cfg.train.num_seeds)
         # Metrics and test results come back replicated, so each process can read every seed
-        # (a few scalars per seed and chunk; besides this, checkpoints and the batch trim's int per update).
+        # (a few scalars per seed and chunk: with checkpoints, all that crosses between devices).
         if self.sharding is None:
-            state_out = metrics_out = {}
+            state_out = {}
         else:
             replicated = NamedSharding(self.sharding.mesh, PartitionSpec())
             state_out = {"out_shardings": self.sharding}
-            metrics_out = {"out_shardings": (self.sharding, replicated)}
             tests_out = {"out_shardings": replicated}
         # Seed keys are made inside the program: no host array has to be laid over processes.
         self._init = jax.jit(lambda: jax.vmap(tr.init)(seed_keys(cfg)), **state_out)
-        self._chunk = jax.jit(tr.seeds_chunk, donate_argnums=0, **metrics_out)
+        if self.sharding is None:
+            self._chunk = jax.jit(tr.seeds_chunk, donate_argnums=0)
+        else:
+            self._chunk = device_parallel(tr.seeds_chunk, self.sharding)
         n_test = cfg.train.test_nepisode
         eps = cfg.cromac.eps
         base_test_key = jax.random.PRNGKey(cfg.train.seed + 1_000_003)
@@ -182,8 +195,7 @@ class SeedRunner:
         if tuple(busy) not in self._device_chunks:
             mesh = Mesh(np.array([devices[i] for i in busy]), ("seeds",), axis_types=(AxisType.Auto,))
             sub_sh = NamedSharding(mesh, PartitionSpec("seeds"))
-            fn = jax.jit(self.trainer.seeds_chunk, out_shardings=(sub_sh, NamedSharding(mesh, PartitionSpec())))
-            self._device_chunks[tuple(busy)] = (fn, sub_sh)
+            self._device_chunks[tuple(busy)] = (device_parallel(self.trainer.seeds_chunk, sub_sh), sub_sh)
         fn, sub_sh = self._device_chunks[tuple(busy)]
 
         def shard(x: jax.Array, i: int) -> jax.Array:

@@ -40,7 +40,7 @@ from cromac_jax.networks import CromacModel, EnvDims, Params, masked_argmax
 from cromac_jax.rollout import EpisodeStats, collect_episodes, epsilon_greedy
 
 
-SEED_AXIS = "seeds"  # the vmap axis name of ``Trainer.seeds_chunk``
+SEED_AXIS = "seed"  # the vmap axis name of ``Trainer.seeds_chunk`` (not the device mesh's "seeds")
 
 
 def slot_buckets(slots: int, count: int) -> tuple[int, ...]:
@@ -222,7 +222,8 @@ class Trainer:
         (the loss is unchanged: ``loss_fn``'s ``slots``). ``lax.switch`` picks the trimmed
         update; its index must not vary across a vmapped seed axis, or vmap turns the switch
         into a select that computes every branch, so under ``seeds_chunk`` it is the longest
-        episode over all seeds' batches (``seed_axis``)."""
+        episode over the vmapped seeds' batches (``seed_axis``): all seeds on one device, or a
+        device's own seeds when ``runner.device_parallel`` lays them over several."""
         batch: EpisodeBatch = self.buffer.sample(state.buffer, key).experience
         k_loss = jax.random.fold_in(key, 1)
         trans_mask = jnp.concatenate([batch.filled[:, 1:], jnp.zeros_like(batch.filled[:, :1])], axis=1)

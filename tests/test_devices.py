@@ -18,13 +18,21 @@ from tests.test_train import tiny
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, re, sys
     import jax, numpy as np
     from cromac_jax import runner
     from tests.test_train import tiny
     cfg = tiny(num_seeds=2, slot_buckets=2)
     sr = runner.SeedRunner(cfg)
     state = sr.init_state()
+    # where the compiled chunk communicates between devices: (computation, collective) pairs
+    collectives, comp = [], None
+    for line in sr._chunk.lower(state).compile().as_text().splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            comp = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
+        m = re.search(r" (all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(?:-start)?[(]", line)
+        if m:
+            collectives.append((comp, m.group(1)))
     state, metrics = sr.chunk(state)
     leaf = jax.tree.leaves(state.params)[0]
     out = {
@@ -32,6 +40,7 @@ SCRIPT = textwrap.dedent(
         "sharded_over": len(leaf.sharding.device_set),
         "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
         "updates": np.asarray(metrics.updates).tolist(),
+        "collectives": collectives,
     }
     # seed 0 has used its budget: the next chunk runs on the device holding seed 1 only
     t_env = jax.device_put(state.t_env.at[0].set(cfg.train.t_max), state.t_env.sharding)
@@ -61,6 +70,11 @@ def test_two_forced_cpu_devices_shard_seeds_and_match_one_device():
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert res["devices"] == 2 and res["sharded_over"] == 2, res["devices"]
+    # each device trains its own seeds: the only collectives gather the metrics, once per chunk
+    # (at top level, not inside the scan over iterations and updates; before shard_map the trim's
+    # longest episode and the learner's readiness were all-reduced in the loops)
+    assert res["collectives"] and {c for c, _ in res["collectives"]} == {"ENTRY"}, res["collectives"]
+    assert {op for _, op in res["collectives"]} == {"all-gather"}, res["collectives"]
     sr = runner.SeedRunner(tiny(num_seeds=2, slot_buckets=2))
     assert sr.sharding is None  # this process has one device
     state, metrics = sr.chunk(sr.init_state())

@@ -39,9 +39,12 @@ from cromac_jax.runner import SeedRunner  # noqa: E402
 from cromac_jax.train import slot_buckets  # noqa: E402
 
 
-def buffer_lengths(state: Any, batch_size: int, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
+def buffer_lengths(state: Any, batch_size: int, seeds_per_device: int | None = None, draws: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
     """Filled slots per stored episode, and per seed the share of random batches whose longest
-    episode fits each length (what decides the trimmed length of an update)."""
+    episode fits each length (what decides the trimmed length of an update). An update is trimmed
+    to the longest episode over the batches of the seeds on its device (``seeds_per_device``,
+    default all: one device), so that is the length averaged as ``batch_max_trimmed_mean``."""
     filled = np.asarray(state.buffer.experience.filled)
     per_seed = filled.reshape(filled.shape[0], -1, filled.shape[-1]).sum(axis=-1)
     rng = np.random.default_rng(seed)
@@ -51,7 +54,8 @@ def buffer_lengths(state: Any, batch_size: int, draws: int = 2000, seed: int = 0
         stored = lengths[lengths > 0]
         batch_max.append(stored[rng.integers(0, len(stored), (draws, batch_size))].max(axis=1))
     batch_max = np.stack(batch_max)  # [seeds, draws]
-    over_seeds = batch_max.max(axis=0)  # the length every seed's update is trimmed to
+    per = seeds_per_device or len(batch_max)
+    trimmed = batch_max.reshape(-1, per, draws).max(axis=1)  # [devices, draws]: each device's length
     stored_all = per_seed[per_seed > 0]
     return {
         "slots": int(slots),
@@ -59,7 +63,8 @@ def buffer_lengths(state: Any, batch_size: int, draws: int = 2000, seed: int = 0
         "max_filled": int(stored_all.max()),
         "share_at_limit": float((stored_all == slots).mean()),
         "batch_max_median_per_seed": [float(np.median(b)) for b in batch_max],
-        "batch_max_over_seeds_mean": float(over_seeds.mean()),
+        "seeds_per_device": int(per),
+        "batch_max_trimmed_mean": float(trimmed.mean()),
     }
 
 
@@ -69,7 +74,8 @@ def measure(run_dir: Path, buckets: int, chunks: int, step: int | None) -> dict[
     cfg = dataclasses.replace(cfg, train=train)
     runner = SeedRunner(cfg)
     restored_step, state = checkpoint.restore(run_dir, runner.abstract_state(), step)
-    lengths = buffer_lengths(state, cfg.train.batch_size)
+    devices = 1 if runner.sharding is None else len(runner.sharding.device_set)
+    lengths = buffer_lengths(state, cfg.train.batch_size, cfg.train.num_seeds // devices)
     t0 = time.perf_counter()
     compiled = runner._chunk.lower(state).compile()
     compile_s = time.perf_counter() - t0
@@ -150,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"\nCheckpoint at {rows[0]['checkpoint_step']:,} env steps, {rows[0]['seeds']} seed(s); its buffer: "
         f"{buf['mean_filled']:.1f} of {buf['slots']} slots filled per episode on average (max {buf['max_filled']}, "
-        f"{buf['share_at_limit']:.1%} at the limit); a batch's longest episode, max over seeds, "
-        f"{buf['batch_max_over_seeds_mean']:.1f} slots on average (for 1 bucket: {slot_buckets(buf['slots'], 1)[0]}). "
+        f"{buf['share_at_limit']:.1%} at the limit); the length an update is trimmed to (a batch's longest "
+        f"episode, max over the {buf['seeds_per_device']} seed(s) of a device) "
+        f"{buf['batch_max_trimmed_mean']:.1f} slots on average (for 1 bucket: {slot_buckets(buf['slots'], 1)[0]}). "
         f"Each value: compile (timed apart), then {args.chunks} chunk(s) from the same restored state. "
         f"Load average start {load_start}, end {load_end}."
     )

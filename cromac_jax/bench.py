@@ -14,7 +14,8 @@ Parts (``--parts``, default all):
   ``lax.scan`` of ``--env-steps`` steps of ``vmap(step)`` with uniformly random available actions,
   through the array core the trainer calls (``step_arrays``, no reset inside an episode) and/or
   JaxMARL's dict API with auto-reset (``env.step``): ``--apis``.
-* ``train``: the whole compiled trainer (``SeedRunner.chunk`` = ``jit(seeds_chunk)``, one
+* ``train``: the whole compiled trainer (``SeedRunner.chunk`` = ``jit(seeds_chunk)``, over several devices
+  ``runner.device_parallel``; one
   learner update per collected episode as the official code, 8 envs per seed) per env
   (``--envs``: hallway 4x5x6, LBF 3p, TJ slow and the SMAX 1o2r stand-in by default) and method
   (``--methods``), one seed: env steps/s and learner updates/s over ``--chunks`` timed chunks of
@@ -447,7 +448,7 @@ def run_isolated(spec: dict[str, Any], devices: int | None, backend: str, timeou
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [{"error": f"timed out after {timeout:.0f}s"}]
+        return [{"error": f"timed out after {timeout:g}s"}]
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -723,6 +724,10 @@ def _warnings(hw: dict[str, Any], load_start: list[float] | None, load_end: list
 
 
 # ============================================================================== running it
+#: The longest ``--timeout``: ``subprocess.run`` overflows its wait beyond about 2.1e6 s.
+MAX_TIMEOUT_S = 2_000_000.0
+
+
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Flags over ``QUICK`` (with ``--quick``) or ``FULL``; validated."""
     import envs
@@ -748,8 +753,9 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     if min(counts + sizes) < 1 or s["updates"] < 0:
         raise SystemExit("cromac bench: error: counts, steps, repeats, chunks and seeds must be >= 1 (--updates >= 0)")
     timeout = getattr(args, "timeout", 1800.0)
-    if not timeout > 0:  # also refuses nan
-        raise SystemExit(f"cromac bench: error: --timeout {timeout} is invalid: seconds per isolated measurement must be > 0")
+    if not 0 < timeout <= MAX_TIMEOUT_S:  # also refuses nan; subprocess cannot wait longer (or inf)
+        raise SystemExit(f"cromac bench: error: --timeout {timeout} is invalid: seconds per isolated measurement, "
+                         f"in (0, {MAX_TIMEOUT_S:.0f}]")
     return s
 
 

@@ -60,7 +60,7 @@ def _host_devices(args: argparse.Namespace, num_seeds: int, processes_here: int 
     """Fix the CPU device count for ``num_seeds`` seeds (``--cpu-devices``); must run before the
     runner is imported, because importing it (jaxmarl) starts the JAX backend. ``processes_here``:
     how many processes share this host's cores (a sweep split with ``--share``:
-    ``distributed.processes_on_this_host``)."""
+    ``distributed.host_share_from_environment``)."""
     from cromac_jax import host_devices
 
     spec = args.cpu_devices
@@ -107,9 +107,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.num_envs is not None:
         extra.append(f"train.num_envs={args.num_envs}")
     if args.share == "auto":
-        from cromac_jax.distributed import share_from_environment
+        from cromac_jax.distributed import host_share_from_environment
 
-        index, count = share_from_environment()
+        index, count, here = host_share_from_environment()
     else:
         from cromac_jax.config import ConfigError
         from cromac_jax.sweep import parse_share
@@ -118,9 +118,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             index, count = parse_share(args.share, forms="I/N, any/N or auto")
         except ConfigError as e:
             raise SystemExit(f"cromac sweep: {e}") from None
-    from cromac_jax.distributed import processes_on_this_host
-
-    _host_devices(args, args.seeds, processes_here=processes_on_this_host(max(1, count)))
+        here = count  # where the processes run is not known: assume all on this host
+    _host_devices(args, args.seeds, processes_here=max(1, here))
     from cromac_jax import sweep
 
     sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count))

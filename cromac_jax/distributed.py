@@ -20,6 +20,7 @@ Where the settings come from, first match wins:
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -137,32 +138,53 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def share_from_environment() -> tuple[int, int]:
-    """This process's ``(index, count)`` for splitting independent runs (``cromac sweep --share auto``).
+def _slurm_tasks_here() -> int | None:
+    """This node's task count: SLURM_STEP_TASKS_PER_NODE (e.g. ``2(x3),1``: 2, 2, 2, 1 tasks on
+    nodes 0-3) at SLURM_NODEID, else SLURM_NTASKS_PER_NODE, else None."""
+    spec, node = os.environ.get("SLURM_STEP_TASKS_PER_NODE"), _env_int("SLURM_NODEID")
+    if spec and node is not None:
+        counts: list[int] = []
+        for part in spec.split(","):
+            m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+            if m is None:
+                counts = []
+                break
+            counts += [int(m.group(1))] * int(m.group(2) or 1)
+        if 0 <= node < len(counts):
+            return counts[node]
+    return _env_int("SLURM_NTASKS_PER_NODE")
 
-    Read from ``JAX_PROCESS_ID``/``JAX_NUM_PROCESSES``, then SLURM (``SLURM_PROCID``/``SLURM_NTASKS``),
-    then Open MPI; a lone process takes everything.
+
+#: (process index, process count, this host's process count) of each launcher, first match wins.
+_LAUNCHERS = (
+    ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", lambda: None),
+    ("SLURM_PROCID", "SLURM_NTASKS", _slurm_tasks_here),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", lambda: _env_int("OMPI_COMM_WORLD_LOCAL_SIZE")),
+)
+
+
+def host_share_from_environment() -> tuple[int, int, int]:
+    """This process's ``(index, count, on_this_host)`` for splitting independent runs (``cromac
+    sweep --share auto``): index and count from ``JAX_PROCESS_ID``/``JAX_NUM_PROCESSES``, then
+    SLURM (``SLURM_PROCID``/``SLURM_NTASKS``), then Open MPI; a lone process takes everything.
+    ``on_this_host`` is how many of them share this host's cores (``--cpu-devices auto`` divides
+    the cores among them), from the same launcher (SLURM's tasks per node, Open MPI's local size);
+    where it does not say, all ``count``, the guess that can give a process fewer CPU devices
+    than its cores allow but never more.
     """
-    for idx, cnt in (("JAX_PROCESS_ID", "JAX_NUM_PROCESSES"), ("SLURM_PROCID", "SLURM_NTASKS"),
-                     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+    for idx, cnt, local in _LAUNCHERS:
         i, n = _env_int(idx), _env_int(cnt)
         if i is not None and n is not None:
             if n < 1 or not 0 <= i < n:
                 raise ConfigError(f"{idx}={i} is out of range for {cnt}={n}")
-            return i, n
-    return 0, 1
+            here = local()
+            return i, n, min(here, n) if here is not None and here >= 1 else n
+    return 0, 1, 1
 
 
-def processes_on_this_host(count: int) -> int:
-    """How many of a sweep's ``count`` processes share this host's cores (``--cpu-devices auto``
-    divides the cores among them): Open MPI's ``OMPI_COMM_WORLD_LOCAL_SIZE`` or SLURM's
-    ``SLURM_NTASKS_PER_NODE`` when the launcher sets it, else ``count``, i.e. all on this host, the
-    guess that can only give a process fewer CPU devices than its cores allow, never more."""
-    for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
-        n = _env_int(name)
-        if n is not None and n >= 1:
-            return min(n, count)
-    return count
+def share_from_environment() -> tuple[int, int]:
+    """``(index, count)`` of :func:`host_share_from_environment`."""
+    return host_share_from_environment()[:2]
 
 
 def free_port() -> int:

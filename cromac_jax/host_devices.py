@@ -5,7 +5,8 @@ XLA's CPU backend runs the small operations of a learner update (batch 32 episod
 seed axis over several host devices (``runner.seed_sharding``) gives each device its own
 stream of work, which the OS spreads over the cores. Measured on a 2-core EPYC, CroMAC on
 hallway 4x5x6: 8 seeds on 2 devices 1.46x the env steps/s of 1 device, 5 seeds on 5 devices
-1.27x (``cromac bench --parts devices``). Per-seed results equal one device's to float
+1.27x (``cromac bench --parts devices``, before ``runner.device_parallel`` let each device run its
+seeds without waiting on the others, which added 1.14-1.49x on 5 devices). Per-seed results equal one device's to float
 rounding (``tests/test_devices.py``).
 
 The device count must be fixed before any JAX backend starts (``jax_num_cpu_devices``), so the
@@ -36,22 +37,39 @@ def plan(num_seeds: int, cores: int) -> int:
     return min(divisors, key=lambda d: (math.ceil(d / cores) * (num_seeds // d), d))
 
 
+def _jax_env_count() -> int | None:
+    """JAX_NUM_CPU_DEVICES as jax reads it (``int()``; a negative value, jax's default, means
+    unset); a value jax itself refuses is left for jax to refuse."""
+    try:
+        n = int(os.environ.get(USER_SETTINGS[1], ""))
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def _xla_flag_present() -> bool:
+    return any(f.split("=", 1)[0] == USER_SETTINGS[0] for f in os.environ.get("XLA_FLAGS", "").split())
+
+
 def user_has_chosen() -> bool:
     """Whether XLA_FLAGS or JAX_NUM_CPU_DEVICES already sets the host device count."""
-    return USER_SETTINGS[0] in os.environ.get("XLA_FLAGS", "") or USER_SETTINGS[1] in os.environ
+    return _xla_flag_present() or _jax_env_count() is not None
 
 
 def user_count() -> int | None:
-    """The host device count XLA_FLAGS or JAX_NUM_CPU_DEVICES sets, if either does and it reads
-    as an integer (JAX_NUM_CPU_DEVICES wins, as in jax)."""
-    env = os.environ.get(USER_SETTINGS[1])
-    if env is not None:
-        return int(env) if env.strip().lstrip("-").isdigit() else None
+    """The host device count the user set, as jax and XLA read it: JAX_NUM_CPU_DEVICES when it is
+    set (non-negative), else the last ``--xla_force_host_platform_device_count`` in XLA_FLAGS
+    (XLA keeps the last; quotes around the value are allowed); None when neither reads as a count."""
+    n = _jax_env_count()
+    if n is not None:
+        return n
+    count = None
     for flag in os.environ.get("XLA_FLAGS", "").split():
         name, _, value = flag.partition("=")
-        if name == USER_SETTINGS[0] and value.isdigit():
-            return int(value)
-    return None
+        if name == USER_SETTINGS[0]:
+            value = value.strip("\"'")
+            count = int(value) if value.isdigit() else None
+    return count
 
 
 def parse(spec: str) -> str | int:

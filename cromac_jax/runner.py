@@ -1,6 +1,7 @@
 """The thin Python loop around the compiled chunks: progress, metrics, tests, checkpoints.
 
-Everything expensive happens inside ``jit(seeds_chunk)``; between chunks this loop pulls
+Everything expensive happens inside ``jit(seeds_chunk)`` (over several devices,
+``device_parallel``: each device its own seeds); between chunks this loop pulls
 a few scalars per seed to the host, writes one JSON line per chunk, runs the periodic test
 episodes (clean and under FGSM at the config's eps), saves checkpoints, and stops with one clear
 line if a loss turns NaN — after the last good checkpoint, never overwriting it.

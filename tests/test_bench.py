@@ -65,6 +65,8 @@ def test_bench_parser_is_cheap_and_quick_settings_resolve():
                       (["bench", "--methods", "dqn"], "unknown method 'dqn'"),
                       (["bench", "--chunks", "0"], "chunks and seeds must be >= 1"),
                       (["bench", "--timeout", "0"], "--timeout 0.0 is invalid"),
+                      (["bench", "--timeout", "-5"], "--timeout -5.0 is invalid"),
+                      (["bench", "--timeout", "inf"], r"--timeout inf is invalid: seconds per isolated measurement, in \(0, 2000000\]"),
                       (["bench", "--timeout", "nan"], "--timeout nan is invalid")):
         with pytest.raises(SystemExit, match=says):
             bench.resolve_settings(_parser().parse_args(bad))

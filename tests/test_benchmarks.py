@@ -314,6 +314,7 @@ def test_slot_trim_compares_bucket_counts_on_a_trained_runs_buffer(tmp_path, cap
         buf = r["buffer"]
         assert 2 <= buf["mean_filled"] <= buf["max_filled"] <= buf["slots"] == 13
         assert len(buf["batch_max_median_per_seed"]) == 2 and 0 <= buf["share_at_limit"] <= 1
+        assert buf["seeds_per_device"] == 2 and 2 <= buf["batch_max_trimmed_mean"] <= 13
     assert [c[0] for c in _table_rows(text, "2")] == ["2"] and json.loads((tmp_path / "t.json").read_text())["benchmark"] == "slot_trim"
 
 

@@ -1,6 +1,6 @@
 """The seed axis sharded over several devices gives the same per-seed results as one device.
 
-CPU tests force two host devices in a subprocess (XLA_FLAGS must be set before jax starts).
+CPU tests force three host devices in a subprocess (XLA_FLAGS must be set before jax starts).
 """
 
 import json
@@ -22,17 +22,21 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from cromac_jax import runner
     from tests.test_train import tiny
-    cfg = tiny(num_seeds=2, slot_buckets=2)
+    cfg = tiny(num_seeds=3, slot_buckets=2)
     sr = runner.SeedRunner(cfg)
     state = sr.init_state()
-    # where the compiled chunk communicates between devices: (computation, collective) pairs
-    collectives, comp = [], None
-    for line in sr._chunk.lower(state).compile().as_text().splitlines():
-        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
-            comp = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
-        m = re.search(r" (all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(?:-start)?[(]", line)
-        if m:
-            collectives.append((comp, m.group(1)))
+
+    def collectives(compiled):  # where a compiled program communicates: (computation, collective) pairs
+        found, comp = [], None
+        for line in compiled.as_text().splitlines():
+            if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+                comp = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
+            m = re.search(r" (all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(?:-start)?[(]", line)
+            if m:
+                found.append((comp, m.group(1)))
+        return found
+
+    full_collectives = collectives(sr._chunk.lower(state).compile())
     state, metrics = sr.chunk(state)
     leaf = jax.tree.leaves(state.params)[0]
     out = {
@@ -40,9 +44,9 @@ SCRIPT = textwrap.dedent(
         "sharded_over": len(leaf.sharding.device_set),
         "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
         "updates": np.asarray(metrics.updates).tolist(),
-        "collectives": collectives,
+        "collectives": full_collectives,
     }
-    # seed 0 has used its budget: the next chunk runs on the device holding seed 1 only
+    # seed 0 has used its budget: the next chunk runs on the two devices holding seeds 1 and 2
     t_env = jax.device_put(state.t_env.at[0].set(cfg.train.t_max), state.t_env.sharding)
     state = state.replace(t_env=t_env)
     frozen = jax.tree.map(np.asarray, state)
@@ -56,33 +60,38 @@ SCRIPT = textwrap.dedent(
         "loss_nan": np.isnan(np.asarray(metrics.loss)).all(axis=1).tolist(),
         "after_updates": np.asarray(state.updates).tolist(),
     })
+    (fn, sub_sh), = sr._device_chunks.values()
+    sub = jax.tree.map(lambda x: jax.ShapeDtypeStruct((2,) + x.shape[1:], x.dtype, sharding=sub_sh), state)
+    out["sub_collectives"] = collectives(fn.lower(sub).compile())
     sys.stdout.write("RESULT" + json.dumps(out))
     """
 )
 
 
 @pytest.mark.timeout(600)
-def test_two_forced_cpu_devices_shard_seeds_and_match_one_device():
-    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+def test_three_forced_cpu_devices_shard_seeds_and_match_one_device():
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=3").strip()
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert res["devices"] == 2 and res["sharded_over"] == 2, res["devices"]
+    assert res["devices"] == 3 and res["sharded_over"] == 3, res["devices"]
     # each device trains its own seeds: the only collectives gather the metrics, once per chunk
     # (at top level, not inside the scan over iterations and updates; before shard_map the trim's
     # longest episode and the learner's readiness were all-reduced in the loops)
     assert res["collectives"] and {c for c, _ in res["collectives"]} == {"ENTRY"}, res["collectives"]
     assert {op for _, op in res["collectives"]} == {"all-gather"}, res["collectives"]
-    sr = runner.SeedRunner(tiny(num_seeds=2, slot_buckets=2))
+    # so does the program over the devices that still train (2 of 3 below)
+    assert res["sub_collectives"] and {c for c, _ in res["sub_collectives"]} == {"ENTRY"}, res["sub_collectives"]
+    sr = runner.SeedRunner(tiny(num_seeds=3, slot_buckets=2))
     assert sr.sharding is None  # this process has one device
     state, metrics = sr.chunk(sr.init_state())
     assert np.asarray(metrics.updates).tolist() == res["updates"]
     for mine, theirs in zip(jax.tree.leaves(state.params), res["params"], strict=True):
         np.testing.assert_allclose(np.asarray(mine).ravel(), np.asarray(theirs), rtol=1e-4, atol=1e-5)
     # a finished seed is left out on two devices (its device idles) as on one (it is sliced out)
-    assert res["seed0_kept"] and res["loss_nan"] == [True, False] and res["after_sharded_over"] == 2
+    assert res["seed0_kept"] and res["loss_nan"] == [True, False, False] and res["after_sharded_over"] == 3
     state, metrics = sr.chunk(state.replace(t_env=state.t_env.at[0].set(sr.cfg.train.t_max)))
     assert np.asarray(state.updates).tolist() == res["after_updates"]
     for mine, theirs in zip(jax.tree.leaves(state.params), res["after_params"], strict=True):
@@ -127,7 +136,17 @@ def test_user_count_reads_the_users_own_setting(monkeypatch):
                         ("--xla_force_host_platform_device_count=x", None)):
         monkeypatch.setenv("XLA_FLAGS", flags)
         assert host_devices.user_count() == want, flags
-    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")  # jax's own setting wins over the XLA flag
+    # XLA keeps the last occurrence of a flag, and takes the value quoted
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_force_host_platform_device_count=3")
+    assert host_devices.user_count() == 3
+    monkeypatch.setenv("XLA_FLAGS", '--xla_force_host_platform_device_count="5"')
+    assert host_devices.user_count() == 5
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "-1")  # jax's "unset": the XLA flag decides
+    assert host_devices.user_count() == 5 and host_devices.user_has_chosen()
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert host_devices.user_count() is None and not host_devices.user_has_chosen()
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "+4")  # jax's own setting (read with int()) wins
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=6")
     assert host_devices.user_count() == 4 and host_devices.user_has_chosen()
 
 

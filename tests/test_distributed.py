@@ -183,18 +183,63 @@ def test_sweep_share_comes_from_the_launcher(monkeypatch):
         distributed.share_from_environment()
 
 
-def test_processes_on_this_host_divide_its_cores(monkeypatch):
-    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+LAUNCH_VARS = ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODEID",
+               "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_RANK",
+               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def test_host_share_counts_the_processes_on_this_host_from_the_same_launcher(monkeypatch):
+    for var in LAUNCH_VARS:
         monkeypatch.delenv(var, raising=False)
-    assert distributed.processes_on_this_host(8) == 8  # unknown: assume all here
+    assert distributed.host_share_from_environment() == (0, 1, 1)
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "1")  # no launcher share: its local size is ignored
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "1")
+    monkeypatch.setenv("JAX_PROCESS_ID", "5")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "8")
+    assert distributed.host_share_from_environment() == (5, 8, 8)  # JAX's variables say nothing about hosts
+    for var in ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("SLURM_PROCID", "6")
+    monkeypatch.setenv("SLURM_NTASKS", "7")
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
-    assert distributed.processes_on_this_host(8) == 4  # 8 tasks over 2 nodes
-    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2")
-    assert distributed.processes_on_this_host(8) == 2
-    assert distributed.processes_on_this_host(1) == 1  # never more than the sweep's processes
+    assert distributed.host_share_from_environment() == (6, 7, 4)
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "2(x3),1")  # nodes 0-2 run 2 tasks, node 3 one
+    monkeypatch.setenv("SLURM_NODEID", "3")
+    assert distributed.host_share_from_environment() == (6, 7, 1)
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert distributed.host_share_from_environment() == (6, 7, 2)
+    for var in ("SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4")  # never more than the processes there are
+    assert distributed.host_share_from_environment() == (0, 2, 2)
+    assert distributed.share_from_environment() == (0, 2)
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "two")
     with pytest.raises(ConfigError, match="OMPI_COMM_WORLD_LOCAL_SIZE='two' must be an integer"):
-        distributed.processes_on_this_host(8)
+        distributed.host_share_from_environment()
+
+
+def test_sweep_divides_the_cores_among_the_processes_on_this_host(monkeypatch, tmp_path):
+    from cromac_jax import cli
+
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    seen = []
+
+    def stop(args, num_seeds, processes_here=1):
+        seen.append(processes_here)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(cli, "_host_devices", stop)
+    argv = ["sweep", "--envs", "hallway_4x5x6", "--methods", "qmix", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--share", "1/4"]) == 2  # an explicit share: all four on this host
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    assert cli.main([*argv, "--share", "auto"]) == 2
+    assert cli.main([*argv, "--share", "1/8"]) == 2  # the launcher's count is not this share's
+    assert seen == [4, 2, 8]
 
 
 def test_sweep_summary_marks_runs_still_training_elsewhere(tmp_path):

@@ -206,20 +206,25 @@ def test_cli_eval_teammates_only(trained, run, capsys):
 
 def test_cli_eval_seed_chooses_the_evaluation_key(trained, run):
     """``--seed S`` evaluates with PRNGKey(S): the rows are those of ``evaluate`` with that key,
-    and the default is the documented train.seed + EVAL_KEY_OFFSET."""
+    and the default is the documented train.seed + EVAL_KEY_OFFSET. Under large random noise
+    (eps 20, as in the per-seed test above), so that another key plays other episodes."""
+    budget = 20.0 / run.eps
 
     def cli(*extra):
-        args = _eval_parser().parse_args(["eval", str(trained), "--attacks", "random", "--budgets", "1",
+        args = _eval_parser().parse_args(["eval", str(trained), "--attacks", "random", "--budgets", str(budget),
                                           "--episodes", str(E), *extra])
         assert args.func(args) == 0
         return json.loads((trained / f"eval_{run.step}.json").read_text())["rows"][0]["per_seed"]
 
+    got = {}
     for seed in (123, run.cfg.train.seed + ev.EVAL_KEY_OFFSET):
-        got = cli("--seed", str(seed))
-        want = ev.evaluate(run, "random", episodes=E, eps=run.eps, key=jax.random.PRNGKey(seed))
-        assert got["return"] == pytest.approx(list(want.return_mean))
-        assert got["ep_length"] == pytest.approx(list(want.ep_length))
-    assert cli()["ep_length"] == pytest.approx(got["ep_length"])  # the default is the last seed above
+        got[seed] = cli("--seed", str(seed))
+        want = ev.evaluate(run, "random", episodes=E, eps=budget * run.eps, key=jax.random.PRNGKey(seed))
+        assert got[seed]["return"] == pytest.approx(list(want.return_mean))
+        assert got[seed]["ep_length"] == pytest.approx(list(want.ep_length))
+    default = cli()
+    assert default["ep_length"] == pytest.approx(got[run.cfg.train.seed + ev.EVAL_KEY_OFFSET]["ep_length"])
+    assert default["ep_length"] != pytest.approx(got[123]["ep_length"])  # --seed is not ignored
 
 
 def test_bad_input_is_one_clear_error(trained, run, tmp_path):

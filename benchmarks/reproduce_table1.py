@@ -23,7 +23,9 @@ so the script can be killed and restarted at any time. Progress: every chunk pri
 line (env steps, steps/s, returns, ETA) and, at most every ``--progress-every`` seconds, a bar over
 every run of this invocation with the overall training ETA.
 
-Each finished run is then evaluated at its last checkpoint with ``evaluate.eval_grid`` (what
+Each run is evaluated as soon as it finishes training, and the env's report rebuilt, so results
+land while the other runs train (a finished run not yet evaluated, e.g. one whose process was
+killed, is evaluated at the end); at its last checkpoint, with ``evaluate.eval_grid`` (what
 ``cromac eval`` runs): natural, random, PGD and FGSM at 0.25, 0.5, 1, 2 and 4 x ``cromac.eps`` (the
 budget ladder ``attacks.DEFAULT_BUDGETS`` standing for Table 1's FGSM (1), FGSM (2), FGSM, FGSM (3),
 FGSM (4)), ``--episodes`` greedy episodes per seed (200 x 5 seeds = the paper's 1000), every
@@ -51,7 +53,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -246,8 +248,11 @@ def resumed_steps(run_dir: Path, t_max: int, seeds: int) -> int:
 
 # ================================================================================ train + evaluate
 def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
-               out: TextIO | None, progress_every: float, processes: int = 1) -> None:
-    """Train (or resume) every run that has not reached its budget; finished runs are skipped."""
+               out: TextIO | None, progress_every: float, processes: int = 1,
+               after_each: Callable[[sweep.SweepRun], None] | None = None) -> None:
+    """Train (or resume) every run that has not reached its budget; finished runs are skipped.
+    ``after_each(run)`` follows each run this process finished training (its evaluation and the
+    report), so results land while the other runs still train rather than only at the end."""
     from cromac_jax import runner
 
     cfgs = {r: sweep.run_config(r, overrides, seeds) for r in runs}  # every config is checked first
@@ -265,6 +270,8 @@ def train_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides
             _log(out, f"[{i}/{len(runs)}] {r.name}: {'resuming from ' + format(steps[-1], ',') if steps else 'starting'}")
             progress.start_run(r.name, i, len(runs), resumed_steps(run_dir, cfg.train.t_max, seeds))
             _train_one(runner, cfg, run_dir, bool(steps), out, progress)
+        if after_each is not None and done():  # the claim is released: evaluation claims the run anew
+            after_each(r)
     if progress.name:
         progress.show(force=True)
 
@@ -658,19 +665,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     _log(out, f"# Table 1 reproduction on {tag}: {', '.join(args.envs)}; {len(every)} runs"
               + (f", this process's share {args.share}: {len(mine)}" if args.share_count > 1 else "")
               + f"; {args.seeds} seeds each; runs in {runs_dir}")
-    if not args.table_only:
-        sharing = args.share_count if args.share_index is sweep.ANY else 1
-        train_runs(runs_dir, mine, args.seeds, overrides, out, args.progress_every, sharing)
-        evaluate_runs(runs_dir, mine, args.seeds, overrides, args.episodes, attacks_budgets, out)
-        sweep.summarise(runs_dir, every, out=None)  # the sweep's own summary.md / summary.json
     hw = B.hardware_info()
-    reports = {}
-    for env in args.envs:
+
+    def report(env: str) -> dict[str, Any]:
         runs = report_runs(env, runs_dir, args.methods, args.figure5a)
         methods = list(dict.fromkeys(r.method for r in runs))
-        reports[env] = build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,
-                                    args.episodes, args.results_dir, tag, hw, time.time() - t0, out,
-                                    command=reproduce_command(args, env, methods))
+        return build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,
+                            args.episodes, args.results_dir, tag, hw, time.time() - t0, out,
+                            command=reproduce_command(args, env, methods))
+
+    def evaluate_and_report(run: sweep.SweepRun) -> None:
+        evaluate_runs(runs_dir, [run], args.seeds, overrides, args.episodes, attacks_budgets, out)
+        report(run.env)
+
+    if not args.table_only:
+        sharing = args.share_count if args.share_index is sweep.ANY else 1
+        train_runs(runs_dir, mine, args.seeds, overrides, out, args.progress_every, sharing, evaluate_and_report)
+        evaluate_runs(runs_dir, mine, args.seeds, overrides, args.episodes, attacks_budgets, out)
+        sweep.summarise(runs_dir, every, out=None)  # the sweep's own summary.md / summary.json
+    reports = {env: report(env) for env in args.envs}
     _log(out, f"done in {_fmt_time(time.time() - t0)}")
     return reports
 

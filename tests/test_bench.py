@@ -276,8 +276,13 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert not (tmp_path / "runs" / "hallway_4x5x6_cromac_qmix").exists()
     first = io.StringIO()
     report = t1.main(argv, out=first)["hallway_4x5x6"]
-    assert "hallway_4x5x6_cromac_qmix: starting" in first.getvalue()
-    assert "hallway_4x5x6_qmix_qmix: resuming from" in first.getvalue()
+    log = first.getvalue()
+    # each run is evaluated, and the report rebuilt, as soon as it is trained, before the next trains
+    order = [log.index(s) for s in ("hallway_4x5x6_cromac_qmix: starting", "hallway_4x5x6_cromac_qmix: evaluating",
+                                    "hallway_4x5x6_qmix_qmix: resuming from", "hallway_4x5x6_qmix_qmix: evaluating")]
+    assert order == sorted(order), order
+    wrote = [line for line in log.splitlines() if line.startswith("wrote ") and f"table1_hallway_4x5x6_{bench.hardware_tag()}.md" in line]
+    assert len(wrote) == 3  # after each run, and at the end
     tag = bench.hardware_tag()
     stem = tmp_path / "results" / f"table1_hallway_4x5x6_{tag}"
     md = Path(f"{stem}.md").read_text()

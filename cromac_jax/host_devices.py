@@ -47,13 +47,15 @@ def _jax_env_count() -> int | None:
     return n if n >= 0 else None
 
 
-def _xla_flag_present() -> bool:
-    return any(f.split("=", 1)[0] == USER_SETTINGS[0] for f in os.environ.get("XLA_FLAGS", "").split())
+def _xla_flag_values() -> list[str]:
+    """Every value XLA_FLAGS gives ``--xla_force_host_platform_device_count``, in order."""
+    flags = (f.partition("=") for f in os.environ.get("XLA_FLAGS", "").split())
+    return [value for name, _, value in flags if name == USER_SETTINGS[0]]
 
 
 def user_has_chosen() -> bool:
     """Whether XLA_FLAGS or JAX_NUM_CPU_DEVICES already sets the host device count."""
-    return _xla_flag_present() or _jax_env_count() is not None
+    return bool(_xla_flag_values()) or _jax_env_count() is not None
 
 
 def user_count() -> int | None:
@@ -63,13 +65,9 @@ def user_count() -> int | None:
     n = _jax_env_count()
     if n is not None:
         return n
-    count = None
-    for flag in os.environ.get("XLA_FLAGS", "").split():
-        name, _, value = flag.partition("=")
-        if name == USER_SETTINGS[0]:
-            value = value.strip("\"'")
-            count = int(value) if value.isdigit() else None
-    return count
+    values = _xla_flag_values()
+    last = values[-1].strip("\"'") if values else ""
+    return int(last) if last.isdigit() else None
 
 
 def parse(spec: str) -> str | int:
@@ -94,7 +92,7 @@ def apply(spec: str, num_seeds: int, cores: int | None = None, processes: int = 
     chose a count through XLA_FLAGS / JAX_NUM_CPU_DEVICES or a backend is already running (a
     library caller that imported and used jax first): then it quietly changes nothing, since
     the run is correct on any device count. An explicit count that differs from the user's own
-setting, or from the devices of a running backend, is an error.
+    setting, or from the devices of a running backend, is an error.
     """
     import jax
     from jax._src import xla_bridge

@@ -124,16 +124,13 @@ class SeedRunner:
         # (a few scalars per seed and chunk: with checkpoints, all that crosses between devices).
         if self.sharding is None:
             state_out = {}
-        else:
-            replicated = NamedSharding(self.sharding.mesh, PartitionSpec())
-            state_out = {"out_shardings": self.sharding}
-            tests_out = {"out_shardings": replicated}
-        # Seed keys are made inside the program: no host array has to be laid over processes.
-        self._init = jax.jit(lambda: jax.vmap(tr.init)(seed_keys(cfg)), **state_out)
-        if self.sharding is None:
             self._chunk = jax.jit(tr.seeds_chunk, donate_argnums=0)
         else:
+            state_out = {"out_shardings": self.sharding}
+            tests_out = {"out_shardings": NamedSharding(self.sharding.mesh, PartitionSpec())}
             self._chunk = device_parallel(tr.seeds_chunk, self.sharding)
+        # Seed keys are made inside the program: no host array has to be laid over processes.
+        self._init = jax.jit(lambda: jax.vmap(tr.init)(seed_keys(cfg)), **state_out)
         n_test = cfg.train.test_nepisode
         eps = cfg.cromac.eps
         base_test_key = jax.random.PRNGKey(cfg.train.seed + 1_000_003)

@@ -40,7 +40,9 @@ curves ``table1_<env>_<hardware>_curves.png`` and ``..._budget.png`` (``cromac_j
 times are kept per run in ``<run dir>/table1_wall.json``, summed over the sessions that
 trained and evaluated it and written after every chunk (a killed process loses at most its last
 chunk's time; runs trained before this ledger existed show "?"). The runs go to ``--runs-dir`` (default
-``runs/table1_<hardware>/<paper | t<t_max>>``).
+``runs/table1_<hardware>/<paper | t<t_max>>``). Every evaluated run is also recorded, small and
+committable, in ``<results dir>/table1_runs/<hardware>/<runs dir name>/<run>/`` (``_table1_records``),
+so a checkout without the run directories rebuilds the same report and adds its own runs to it.
 """
 
 from __future__ import annotations
@@ -53,15 +55,18 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Collection, Sequence, TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (str(ROOT / "benchmarks"), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from cromac_jax import attacks, host_devices, sweep  # noqa: E402
 from cromac_jax import bench as B  # noqa: E402
 from cromac_jax.config import METHODS, ConfigError  # noqa: E402
+
+import _table1_records as records  # noqa: E402
 
 # ================================================================================ the paper's Table 1
 PAPER_CITATION = (
@@ -131,14 +136,16 @@ def plan_runs(env: str, methods: Sequence[str], figure5a: bool = True) -> list[s
     return runs
 
 
-def report_runs(env: str, runs_dir: Path, methods: Sequence[str], figure5a: bool = True) -> list[sweep.SweepRun]:
+def report_runs(env: str, runs_dir: Path, methods: Sequence[str], figure5a: bool = True,
+                elsewhere: Collection[str] = ()) -> list[sweep.SweepRun]:
     """The runs an env's report covers: this invocation's, plus every other run of the full
-    protocol that already has a directory in ``runs_dir``, so evaluating one finished method beside
-    the trainers (``--methods full_comm``) adds its row to the table instead of replacing the table."""
+    protocol that already has a directory in ``runs_dir`` or results kept ``elsewhere`` (a record,
+    an earlier report), so evaluating one finished method beside the trainers (``--methods
+    full_comm``) adds its row to the table instead of replacing the table."""
     mine = plan_runs(env, methods, figure5a)
     full = plan_runs(env, DEFAULT_METHODS, figure5a)
     names, in_full = {r.name for r in mine}, {r.name for r in full}
-    return ([r for r in full if r.name in names or (runs_dir / r.name).is_dir()]
+    return ([r for r in full if r.name in names or r.name in elsewhere or (runs_dir / r.name).is_dir()]
             + [r for r in mine if r.name not in in_full])
 
 
@@ -349,9 +356,9 @@ def evaluate_runs(runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overri
 
 
 # ================================================================================ the table
-def our_row(run_dir: Path) -> dict[str, Any] | None:
-    """Our Table-1 cells of a run from its newest eval table: {column: (mean, std, per-seed)}."""
-    path = eval_path(run_dir)
+def our_row(path: Path | None) -> dict[str, Any] | None:
+    """Our Table-1 cells of a run from an eval table (the newest, at its last checkpoint):
+    {column: (mean, std, per-seed)}."""
     if path is None or not path.is_file():
         return None
     data = json.loads(path.read_text())
@@ -402,7 +409,7 @@ def checks(env: str, table: dict[str, dict[str, Any]], run_rows: list[dict[str, 
                      "ours": minutes, "target": TARGET_RUN_MINUTES, "other": None,
                      "margin": None if minutes is None else TARGET_RUN_MINUTES - minutes,
                      "status": "not run yet" if minutes is None else "pass" if minutes < TARGET_RUN_MINUTES else "MISS"}
-                if minutes is not None and r.get("status", "evaluated") != "evaluated":
+                if minutes is not None and not r.get("status", "evaluated").startswith("evaluated"):
                     # an unfinished run's time so far is a lower bound: it can only confirm a miss
                     c["check"] += ", so far (run unfinished)"
                     c["status"] = "MISS" if minutes >= TARGET_RUN_MINUTES else "in progress"
@@ -420,47 +427,76 @@ def _check(what: str, ours: float | None, target: float | None, strict: bool = F
             "other": other}
 
 
+def run_source(run_dir: Path, rec_dir: Path) -> tuple[Path, list[int], str]:
+    """Where a run's results are read from: ``(directory, checkpoint steps, source)``. The run
+    directory while it is as far as its record (or there is no record), else the record (the run
+    was trained in another checkout)."""
+    steps = saved_steps(run_dir)
+    rec_step = records.recorded_step(rec_dir)
+    if rec_step is None or (steps and steps[-1] >= rec_step):
+        return run_dir, steps, "run dir"
+    return rec_dir, [rec_step], "record"
+
+
 def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
                  paper_budget: bool, episodes: int, results_dir: Path, tag: str, hw: dict[str, Any],
                  session_s: float, out: TextIO | None, command: str = "") -> dict[str, Any]:
-    """Write ``table1_<env>_<tag>.{md,json}`` and the PNGs from whatever runs are finished now."""
+    """Write ``table1_<env>_<tag>.{md,json}`` and the PNGs from whatever runs are finished now,
+    recording each evaluated run (``_table1_records``) so the report can be rebuilt without it."""
     from cromac_jax import plot
 
     stem = f"table1_{env}_{tag}"
+    rec_root = records.records_root(results_dir, tag, runs_dir)
+    t_max = sweep.run_config(runs[0], overrides, seeds).train.t_max if runs else None
+    protocol = {"seeds": seeds, "t_max": t_max, "paper_budget": paper_budget, "episodes_per_seed": episodes,
+                "env_label": plot.env_label(sweep.run_config(runs[0], overrides, seeds)) if runs else env,
+                "attacks": list(TABLE1_ATTACKS), "overrides": overrides, "runs_dir": str(runs_dir),
+                "records_dir": str(rec_root.relative_to(ROOT) if rec_root.is_relative_to(ROOT) else rec_root)}
+    carried = records.carried_rows(results_dir / f"{stem}.json", protocol)
     table: dict[str, dict[str, Any]] = {}
     run_rows = []
-    t_max = None
+    sources: dict[str, Path] = {}
     for r in runs:
-        run_dir = runs_dir / r.name
+        run_dir, rec_dir = runs_dir / r.name, rec_root / r.name
+        key = r.name if r.mixer != "qmix" else r.method
         cfg = sweep.run_config(r, overrides, seeds)
-        t_max = cfg.train.t_max
-        finished = sweep.finished(run_dir, cfg)
-        ours = our_row(run_dir) if finished else None
-        wall = read_wall(run_dir)
+        src, steps, source = run_source(run_dir, rec_dir)
+        finished = bool(steps) and steps[-1] >= cfg.train.t_max
+        ours = our_row(src / f"eval_{steps[-1]}.json") if finished else None
+        if source == "run dir" and ours is not None:
+            records.save(run_dir, rec_dir, steps[-1], Path(ours["eval_json"]))
+        if not steps and r.name in carried:
+            old_row, table[key] = carried[r.name]
+            run_rows.append({**old_row, "status": "evaluated (carried over)", "source": "previous report"})
+            continue
+        sources[r.name] = src
+        wall = read_wall(src)
         if ours is not None:
-            table[r.name if r.mixer != "qmix" else r.method] = ours
-        steps = saved_steps(run_dir)
+            table[key] = ours
         run_rows.append({"run": r.name, "method": r.method, "mixer": r.mixer, "label": run_label(r),
-                         "status": run_status(run_dir, finished, ours is not None),
+                         "status": run_status(run_dir, finished, ours is not None) if source == "run dir"
+                         else "evaluated (record)" if ours is not None else "trained (record)",
+                         "source": source,
                          "env_steps": steps[-1] if steps else 0, "t_max": t_max, "seeds": cfg.train.num_seeds,
                          "certified": ours["certified"] if ours else None, "config_eps": cfg.cromac.eps,
                          "state_latent": ours.get("state_latent") if ours else None,
                          "robust_start": cfg.cromac.robust_start if r.method == "cromac" else None,
-                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(run_dir),
-                         "last_test": sweep.last_test(run_dir)})
+                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(src),
+                         "last_test": sweep.last_test(src)})
 
-    # ---- figures
-    figures: dict[str, str] = {}
+    # ---- figures (the carried-over runs' own, drawn when they trained, are kept before new ones replace them)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = (records.keep_earlier_figures(results_dir, results_dir / f"{stem}.json")
+                               if any(r.get("source") == "previous report" for r in run_rows) else {})
     curves, evals = [], []
-    for r in runs:
+    for src in sources.values():
         try:
-            curves.append(plot.load_curves(runs_dir / r.name))
+            curves.append(plot.load_curves(src))
         except Exception:  # noqa: BLE001 - a run not started yet has nothing to draw
             continue
-        e = plot.load_budget_curves(runs_dir / r.name)
+        e = plot.load_budget_curves(src)
         if e is not None:
             evals.append(e)
-    results_dir.mkdir(parents=True, exist_ok=True)
     if curves:
         figures["curves"] = plot.save_png(plot.learning_curves_figure(curves, "won"), results_dir / f"{stem}_curves.png").name
     if evals:
@@ -471,9 +507,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
         "benchmark": "reproduce_table1", "env": env, "hardware": hw, "paper": {
             "citation": PAPER_CITATION, "columns": list(COLUMNS),
             "rows": {m: [parse_cell(c) for c in row.split()] for m, row in PAPER_ROWS.get(env, {}).items()}},
-        "protocol": {"seeds": seeds, "t_max": t_max, "paper_budget": paper_budget, "episodes_per_seed": episodes,
-                     "env_label": plot.env_label(sweep.run_config(runs[0], overrides, seeds)) if runs else env,
-                     "attacks": list(TABLE1_ATTACKS), "overrides": overrides, "runs_dir": str(runs_dir)},
+        "protocol": protocol,
         "ours": {k: {**v, "cells": {c: list(x) for c, x in v["cells"].items()}} for k, v in table.items()},
         "runs": run_rows, "checks": check_rows, "figures": figures, "command": command,
         "wall": {"train_s": _sum(r["train_s"] for r in run_rows), "eval_s": _sum(r["eval_s"] for r in run_rows),
@@ -571,6 +605,13 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
               "latest test: the last in-training test (20 greedy episodes per seed, FGSM at eps), mean over seeds, at "
               "the env steps shown: progress of runs still training, not Table-1 numbers.",
               "",
+              *([f"evaluated (record): trained and evaluated in another checkout; read from its record in "
+                 f"`{proto['records_dir']}` (`benchmarks/_table1_records.py`).", ""]
+                if any(r.get("source") == "record" for r in p["runs"]) else []),
+              *(["evaluated (carried over): trained and evaluated before records were kept; its row is the previous "
+                 "report's, and its curves are only in the figures drawn when it was trained (`*_earlier.png`): its "
+                 "metrics were not kept.", ""]
+                if any(r.get("source") == "previous report" for r in p["runs"]) else []),
               f"Wall time: training {_fmt_time(p['wall']['train_s'])}, evaluation {_fmt_time(p['wall']['eval_s'])} (sums over "
               f"the sessions that ran them, compile included); this session {_fmt_time(p['wall']['this_session_s'])}. "
               f"certified @ eps: fraction of decisions whose greedy action IBP proves unchanged at the config eps. "
@@ -583,6 +624,11 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
                       "Test win rate during training (natural solid, FGSM at eps dashed), mean ± standard error over seeds.", ""]
         if "budget" in p["figures"]:
             lines += [f"![win rate vs budget]({p['figures']['budget']})", "", "Win rate against the attack budget.", ""]
+        for kind in ("curves", "budget"):
+            if f"{kind}_earlier" in p["figures"]:
+                lines += [f"![{kind} of the carried-over runs]({p['figures'][kind + '_earlier']})", "",
+                          f"The {'learning curves' if kind == 'curves' else 'win rate against the attack budget'} of "
+                          "the carried-over runs, as drawn when they were trained (their data was not kept).", ""]
     lines += [f"Runs: `{proto['runs_dir']}`. Reproduce (resumable): `{p['command']}`.", ""]
     return "\n".join(lines)
 
@@ -668,7 +714,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     hw = B.hardware_info()
 
     def report(env: str) -> dict[str, Any]:
-        runs = report_runs(env, runs_dir, args.methods, args.figure5a)
+        kept = records.kept_runs(records.records_root(args.results_dir, tag, runs_dir),
+                                 args.results_dir / f"table1_{env}_{tag}.json",
+                                 {"t_max": sweep.run_config(plans[env][0], overrides, args.seeds).train.t_max,
+                                  "seeds": args.seeds, "episodes_per_seed": args.episodes, "overrides": overrides})
+        runs = report_runs(env, runs_dir, args.methods, args.figure5a, elsewhere=kept)
         methods = list(dict.fromkeys(r.method for r in runs))
         return build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,
                             args.episodes, args.results_dir, tag, hw, time.time() - t0, out,

@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -323,6 +324,42 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert [r["method"] for r in merged["runs"]] == ["cromac", "qmix"] and merged["ours"] == data["ours"]
     assert "--methods cromac qmix" in merged["command"]
     assert [r.name for r in t1.report_runs("hallway_4x5x6", tmp_path / "nothing", ["qmix"])] == [qmix.name]
+
+    # every evaluated run is recorded beside the report, so a checkout without the run directories
+    # (a fresh clone: checkpoints are not committed) rebuilds the same table from the records
+    rec_root = tmp_path / "results" / "table1_runs" / tag / "runs"
+    assert sorted(p.name for p in rec_root.iterdir()) == sorted(["hallway_4x5x6_cromac_qmix", qmix.name])
+    rec_bytes = {p: p.read_bytes() for p in rec_root.rglob("*") if p.is_file()}
+    assert not any("checkpoint" in str(p) for p in rec_bytes)
+    assert all('"kind": "test"' in line for line in (rec_root / qmix.name / "metrics.jsonl").read_text().splitlines())
+    shutil.rmtree(tmp_path / "runs")
+    from_records = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
+
+    def cells(ours):  # the table, not where it was read from
+        return {k: {f: v for f, v in row.items() if f != "eval_json"} for k, row in ours.items()}
+
+    assert cells(from_records["ours"]) == cells(data["ours"])
+    assert all(str(rec_root) in row["eval_json"] for row in from_records["ours"].values())
+    assert [(r["method"], r["status"], r["source"]) for r in from_records["runs"]] == [
+        ("cromac", "evaluated (record)", "record"), ("qmix", "evaluated (record)", "record")]
+    assert [r["train_s"] for r in from_records["runs"]] == [r["train_s"] for r in data["runs"]]
+    assert set(from_records["figures"]) == {"curves", "budget"}
+    assert "evaluated (record): trained and evaluated in another checkout" in Path(f"{stem}.md").read_text()
+    assert {p: p.read_bytes() for p in rec_root.rglob("*") if p.is_file()} == rec_bytes  # rebuilt, unchanged
+    # a report from before records were kept: its evaluated rows are carried over, not dropped
+    shutil.rmtree(tmp_path / "results" / "table1_runs")
+    carried = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
+    assert cells(carried["ours"]) == cells(data["ours"]) and "curves" not in carried["figures"]
+    assert [r["status"] for r in carried["runs"]] == ["evaluated (carried over)"] * 2
+    assert "its curves are only in the figures drawn when it was trained" in Path(f"{stem}.md").read_text()
+    # their figures, which cannot be drawn again, are kept under another name and shown
+    assert carried["figures"] == {"curves_earlier": f"{stem.name}_curves_earlier.png",
+                                  "budget_earlier": f"{stem.name}_budget_earlier.png"}
+    assert Path(f"{stem}_curves_earlier.png").is_file() and not Path(f"{stem}_curves.png").exists()
+    assert t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]["figures"] == carried["figures"]
+    # ... but only from a report of the same protocol: another budget starts an empty table
+    other = t1.main([a if a != "600" else "700" for a in alone] + ["--table-only"], out=None)["hallway_4x5x6"]
+    assert other["ours"] == {} and [r["method"] for r in other["runs"]] == ["qmix"]
 
 
 def test_reproduce_table1_bad_cpu_devices_is_one_line_before_anything_runs(tmp_path):

@@ -182,11 +182,6 @@ def host_share_from_environment() -> tuple[int, int, int]:
     return 0, 1, 1
 
 
-def share_from_environment() -> tuple[int, int]:
-    """``(index, count)`` of :func:`host_share_from_environment`."""
-    return host_share_from_environment()[:2]
-
-
 def free_port() -> int:
     """A TCP port free right now on this host (for local multi-process tests and examples)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -170,22 +170,21 @@ def test_seed_count_that_does_not_divide_over_processes_is_refused(monkeypatch):
         runner.seed_sharding(3, devices)
 
 
-def test_sweep_share_comes_from_the_launcher(monkeypatch):
-    for var in ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS",
-                "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"):
-        monkeypatch.delenv(var, raising=False)
-    assert distributed.share_from_environment() == (0, 1)
-    monkeypatch.setenv("SLURM_PROCID", "2")
-    monkeypatch.setenv("SLURM_NTASKS", "3")
-    assert distributed.share_from_environment() == (2, 3)
-    monkeypatch.setenv("SLURM_PROCID", "3")
-    with pytest.raises(ConfigError, match="SLURM_PROCID=3 is out of range"):
-        distributed.share_from_environment()
-
-
 LAUNCH_VARS = ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODEID",
                "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_RANK",
                "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def test_sweep_share_comes_from_the_launcher(monkeypatch):
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.host_share_from_environment() == (0, 1, 1)
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    assert distributed.host_share_from_environment() == (2, 3, 3)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    with pytest.raises(ConfigError, match="SLURM_PROCID=3 is out of range"):
+        distributed.host_share_from_environment()
 
 
 def test_host_share_counts_the_processes_on_this_host_from_the_same_launcher(monkeypatch):
@@ -214,7 +213,6 @@ def test_host_share_counts_the_processes_on_this_host_from_the_same_launcher(mon
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4")  # never more than the processes there are
     assert distributed.host_share_from_environment() == (0, 2, 2)
-    assert distributed.share_from_environment() == (0, 2)
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "two")
     with pytest.raises(ConfigError, match="OMPI_COMM_WORLD_LOCAL_SIZE='two' must be an integer"):
         distributed.host_share_from_environment()

@@ -1,30 +1,36 @@
 """Keep a Table-1 run's results after its run directory is gone.
 
-A run directory holds checkpoints with the replay buffer (hundreds of MB per run), so it is not
-committed, and a fresh checkout has none: rebuilding a report there would drop every row trained
-in an earlier session or on another machine. What a report reads of a finished, evaluated run is
-small, so it is kept beside the report as a *record* (``benchmarks/results/table1_runs/<hardware>/
-<paper | t<t_max>>/<run>/``): ``config.yaml``, the test rows of ``metrics.jsonl``, the newest
-Table-1 ``eval_<step>.{json,md}``, ``table1_wall.json`` and ``record.json`` (the step and where it
-came from). A record reads like a run directory to ``cromac_jax.plot`` and to the report, so one
-code path draws and tabulates both; ``cromac plot <record>`` works on it too.
+A run directory holds checkpoints with the replay buffer (tens to hundreds of MB per run), so it is
+not committed, and a fresh checkout has none: rebuilding a report there would drop every row
+trained in an earlier session. What a report reads of a finished, evaluated run is small, so it is
+kept beside the report as a *record* (``benchmarks/results/table1_runs/<hardware>/<paper |
+t<t_max>>/<run>/``): ``config.yaml``, the test rows of ``metrics.jsonl``, the newest Table-1
+``eval_<step>.{json,md}``, ``table1_wall.json`` and ``record.json`` (the step and the protocol it
+was evaluated under). A record reads like a run directory to ``cromac_jax.plot`` and to the report,
+so one code path draws and tabulates both.
 
 Reports written before records existed keep their rows in their JSON only: ``carried_rows`` takes
-those rows back for runs that have neither a run directory nor a record, so a rebuilt report keeps
-them (without learning curves, whose data was not kept).
+those rows back for runs that have no evaluated run directory or record, so a rebuilt report keeps
+them (without learning curves, whose data was not kept: their old figures are kept instead), and
+``refuse_to_drop`` stops a report of another protocol from overwriting the only copy.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from cromac_jax.config import ConfigError
 
 RECORD_FILE = "record.json"
 RECORDS_DIR = "table1_runs"
 #: The run-directory files a record copies whole; metrics.jsonl is filtered to its test rows.
 COPIED = ("config.yaml", "table1_wall.json")
+#: What makes two Table-1 results comparable: a record or a carried row of another protocol is not used.
+PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "overrides")
 
 
 def records_root(results_dir: Path, tag: str, runs_dir: Path) -> Path:
@@ -32,79 +38,129 @@ def records_root(results_dir: Path, tag: str, runs_dir: Path) -> Path:
     return results_dir / RECORDS_DIR / tag / runs_dir.name
 
 
-def recorded_step(rec_dir: Path) -> int | None:
-    """The checkpoint step a record was taken at, or None where there is no (readable) record."""
+def _protocol(protocol: dict[str, Any]) -> dict[str, Any]:
+    return {k: protocol.get(k) for k in PROTOCOL_KEYS}
+
+
+def recorded_step(rec_dir: Path, protocol: dict[str, Any] | None = None) -> int | None:
+    """The checkpoint step a record was taken at; None where there is no readable record, or
+    (given ``protocol``) it was evaluated under another protocol."""
     try:
-        return int(json.loads((rec_dir / RECORD_FILE).read_text())["step"])
+        data = json.loads((rec_dir / RECORD_FILE).read_text())
+        step = int(data["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if protocol is not None and data.get("protocol") != _protocol(protocol):
+        return None
+    return step
 
 
-def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path) -> None:
-    """Copy what the report reads of a finished, evaluated run into ``rec_dir``, replacing an older
-    record; the same run copied again gives the same bytes, so a rebuilt report leaves git clean.
-    ``record.json`` is written last, so a record killed mid-copy is not taken for one."""
-    if rec_dir.exists():
-        shutil.rmtree(rec_dir)
-    rec_dir.mkdir(parents=True)
-    for name in COPIED:
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, rec_dir / name)
+def _files(run_dir: Path, eval_json: Path) -> dict[str, bytes]:
+    files = {name: (run_dir / name).read_bytes() for name in COPIED if (run_dir / name).is_file()}
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         tests = [line for line in metrics.read_text().splitlines() if '"kind": "test"' in line]
-        (rec_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in tests))
-    for suffix in (".json", ".md"):
-        src = eval_json.with_suffix(suffix)
+        files["metrics.jsonl"] = "".join(line + "\n" for line in tests).encode()
+    for src in (eval_json, eval_json.with_suffix(".md")):
         if src.is_file():
-            shutil.copyfile(src, rec_dir / src.name)
-    (rec_dir / RECORD_FILE).write_text(json.dumps(
-        {"step": int(step), "run_dir": str(run_dir)}, indent=1) + "\n")
+            files[src.name] = src.read_bytes()
+    return files
 
 
-def _same_protocol(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    keys = ("t_max", "seeds", "episodes_per_seed", "overrides")
-    return all(old.get(k) == new.get(k) for k in keys)
+def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path, protocol: dict[str, Any]) -> bool:
+    """Record a finished run evaluated in ``eval_json``; returns whether anything changed.
+
+    An unchanged record is left alone, so rebuilding a report leaves git clean and two ``--share``
+    processes rebuilding at once write nothing. A new one is built in a folder of this process's own
+    and renamed into place, so a reader (or a process killed mid-copy) never sees half a record."""
+    files = _files(run_dir, eval_json)
+    files[RECORD_FILE] = (json.dumps({"step": int(step), "run": run_dir.name, "protocol": _protocol(protocol)},
+                                     indent=1) + "\n").encode()
+    if rec_dir.is_dir() and {p.name for p in rec_dir.iterdir()} == set(files) and \
+            all((rec_dir / name).read_bytes() == data for name, data in files.items()):
+        return False
+    rec_dir.parent.mkdir(parents=True, exist_ok=True)
+    fresh, stale = (rec_dir.with_name(f".{rec_dir.name}.{kind}{os.getpid()}") for kind in ("new", "old"))
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()
+    for name, data in files.items():
+        (fresh / name).write_bytes(data)
+    try:
+        if rec_dir.exists():
+            rec_dir.rename(stale)
+        fresh.rename(rec_dir)
+    except OSError:  # another process put its record (of the same run) in place first
+        if not rec_dir.exists() and stale.exists():
+            stale.rename(rec_dir)
+        shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(stale, ignore_errors=True)
+    return True
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def _evaluated_rows(old: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    ours = old.get("ours") or {}
+    rows = {}
+    for row in old.get("runs") or []:
+        key = row.get("method") if row.get("mixer") == "qmix" else row.get("run")
+        if str(row.get("status", "")).startswith("evaluated") and key in ours:
+            rows[row["run"]] = (row, ours[key])
+    return rows
 
 
 def carried_rows(previous_report: Path, protocol: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """``{run name: (run row, Table-1 cells)}`` of the evaluated runs in an earlier report of the
     same protocol (budget, seeds, episodes, overrides); empty where there is none or it differs."""
-    try:
-        old = json.loads(previous_report.read_text())
-    except (OSError, json.JSONDecodeError):
+    old = _read_report(previous_report)
+    if _protocol(old.get("protocol") or {}) != _protocol(protocol):
         return {}
-    if not isinstance(old, dict) or not _same_protocol(old.get("protocol") or {}, protocol):
-        return {}
-    ours = old.get("ours") or {}
-    carried = {}
-    for row in old.get("runs") or []:
-        key = row.get("method") if row.get("mixer") == "qmix" else row.get("run")
-        if str(row.get("status", "")).startswith("evaluated") and key in ours:
-            carried[row["run"]] = (row, ours[key])
-    return carried
+    return _evaluated_rows(old)
+
+
+def refuse_to_drop(previous_report: Path, protocol: dict[str, Any], records_base: Path) -> None:
+    """Raise ConfigError when writing a report of ``protocol`` over ``previous_report`` would lose
+    rows kept nowhere else: the report is of another protocol (a quick ``--t-max`` run into the
+    default results dir, say) and some of its evaluated runs have no record."""
+    old = _read_report(previous_report)
+    old_protocol = old.get("protocol") or {}
+    if not old or _protocol(old_protocol) == _protocol(protocol):
+        return
+    base = records_base / Path(str(old_protocol.get("runs_dir", ""))).name
+    only_here = [run for run in _evaluated_rows(old) if recorded_step(base / run) is None]
+    if only_here:
+        shown = ", ".join(f"{k}={old_protocol.get(k)}" for k in PROTOCOL_KEYS)
+        raise ConfigError(f"{previous_report} holds {len(only_here)} evaluated run(s) of another protocol ({shown}) "
+                          f"kept nowhere else ({', '.join(only_here)}); writing this report would lose them: "
+                          "pass --results-dir to write it elsewhere")
 
 
 def kept_runs(rec_root: Path, previous_report: Path, protocol: dict[str, Any]) -> set[str]:
     """The names of the runs whose results are kept here without their run directory."""
-    recorded = {p.name for p in rec_root.iterdir() if recorded_step(p) is not None} if rec_root.is_dir() else set()
+    recorded = ({p.name for p in rec_root.iterdir() if recorded_step(p, protocol) is not None}
+                if rec_root.is_dir() else set())
     return recorded | set(carried_rows(previous_report, protocol))
 
 
-def keep_earlier_figures(results_dir: Path, previous_report: Path) -> dict[str, str]:
+def keep_earlier_figures(results_dir: Path, previous_report: Path, stem: str) -> dict[str, str]:
     """The figures of carried-over runs, which cannot be drawn again: the previous report's PNGs,
-    renamed ``<name>_earlier.png`` before this report draws its own (once: an
-    ``_earlier`` figure the previous report already showed is kept as it is). Call it before drawing."""
-    try:
-        old = json.loads(previous_report.read_text()).get("figures") or {}
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return {}
+    renamed ``<stem>_<kind>_earlier.png`` before this report draws its own. Done once: an existing
+    ``_earlier`` figure is kept as it is (so a second process rebuilding at the same time, or a
+    rebuild after a crash between the rename and the report, never moves a new figure over it).
+    Call it before drawing."""
+    old = (_read_report(previous_report).get("figures") or {})
     kept = {}
     for kind in ("curves", "budget"):
-        earlier, drawn = old.get(f"{kind}_earlier"), old.get(kind)
-        if earlier and (results_dir / earlier).is_file():
+        earlier, drawn = f"{stem}_{kind}_earlier.png", old.get(kind)
+        if (results_dir / earlier).is_file():
             kept[f"{kind}_earlier"] = earlier
         elif drawn and (results_dir / drawn).is_file():
-            kept[f"{kind}_earlier"] = f"{Path(drawn).stem}_earlier.png"
-            shutil.move(results_dir / drawn, results_dir / kept[f"{kind}_earlier"])
+            shutil.move(results_dir / drawn, results_dir / earlier)
+            kept[f"{kind}_earlier"] = earlier
     return kept

@@ -366,7 +366,7 @@ def our_row(path: Path | None) -> dict[str, Any] | None:
     return {"cells": cells, "step": data["step"], "seeds": data["seeds"], "episodes_per_seed": data["episodes_per_seed"],
             "config_eps": data["config_eps"], "certified": data.get("certified_at_config_eps", {}).get("mean"),
             "state_latent": (data.get("state_latent") or {}).get("win_mean"),
-            "budgets": data.get("budgets"), "eval_json": str(path)}
+            "budgets": data.get("budgets"), "eval_json": _shown(path)}
 
 
 def _cell(mean_std: tuple[float, float] | None) -> str:
@@ -427,15 +427,21 @@ def _check(what: str, ours: float | None, target: float | None, strict: bool = F
             "other": other}
 
 
-def run_source(run_dir: Path, rec_dir: Path) -> tuple[Path, list[int], str]:
+def run_source(run_dir: Path, rec_dir: Path, protocol: dict[str, Any]) -> tuple[Path, list[int], str]:
     """Where a run's results are read from: ``(directory, checkpoint steps, source)``. The run
-    directory while it is as far as its record (or there is no record), else the record (the run
-    was trained in another checkout)."""
+    directory where there is no record of this protocol, or where it is evaluated at least as far;
+    else the record (trained in another checkout, or this run is training or evaluating again)."""
     steps = saved_steps(run_dir)
-    rec_step = records.recorded_step(rec_dir)
-    if rec_step is None or (steps and steps[-1] >= rec_step):
+    rec_step = records.recorded_step(rec_dir, protocol)
+    if rec_step is None or (steps and steps[-1] >= rec_step and (run_dir / f"eval_{steps[-1]}.json").is_file()):
         return run_dir, steps, "run dir"
     return rec_dir, [rec_step], "record"
+
+
+def _shown(path: Path) -> str:
+    """A path as a report shows it: relative to the repository where it is inside it, so a report
+    rebuilt in another checkout reads the same."""
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
@@ -451,7 +457,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
     protocol = {"seeds": seeds, "t_max": t_max, "paper_budget": paper_budget, "episodes_per_seed": episodes,
                 "env_label": plot.env_label(sweep.run_config(runs[0], overrides, seeds)) if runs else env,
                 "attacks": list(TABLE1_ATTACKS), "overrides": overrides, "runs_dir": str(runs_dir),
-                "records_dir": str(rec_root.relative_to(ROOT) if rec_root.is_relative_to(ROOT) else rec_root)}
+                "records_dir": _shown(rec_root)}
     carried = records.carried_rows(results_dir / f"{stem}.json", protocol)
     table: dict[str, dict[str, Any]] = {}
     run_rows = []
@@ -460,12 +466,13 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
         run_dir, rec_dir = runs_dir / r.name, rec_root / r.name
         key = r.name if r.mixer != "qmix" else r.method
         cfg = sweep.run_config(r, overrides, seeds)
-        src, steps, source = run_source(run_dir, rec_dir)
+        src, steps, source = run_source(run_dir, rec_dir, protocol)
         finished = bool(steps) and steps[-1] >= cfg.train.t_max
-        ours = our_row(src / f"eval_{steps[-1]}.json") if finished else None
+        evaluated = src / f"eval_{steps[-1]}.json" if finished else None
+        ours = our_row(evaluated)
         if source == "run dir" and ours is not None:
-            records.save(run_dir, rec_dir, steps[-1], Path(ours["eval_json"]))
-        if not steps and r.name in carried:
+            records.save(run_dir, rec_dir, steps[-1], evaluated, protocol)
+        if ours is None and r.name in carried:  # until the run is evaluated again, here or in a record
             old_row, table[key] = carried[r.name]
             run_rows.append({**old_row, "status": "evaluated (carried over)", "source": "previous report"})
             continue
@@ -481,12 +488,12 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
                          "certified": ours["certified"] if ours else None, "config_eps": cfg.cromac.eps,
                          "state_latent": ours.get("state_latent") if ours else None,
                          "robust_start": cfg.cromac.robust_start if r.method == "cromac" else None,
-                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": str(src),
+                         "train_s": wall.get("train_s"), "eval_s": wall.get("eval_s"), "run_dir": _shown(src),
                          "last_test": sweep.last_test(src)})
 
     # ---- figures (the carried-over runs' own, drawn when they trained, are kept before new ones replace them)
     results_dir.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, str] = (records.keep_earlier_figures(results_dir, results_dir / f"{stem}.json")
+    figures: dict[str, str] = (records.keep_earlier_figures(results_dir, results_dir / f"{stem}.json", stem)
                                if any(r.get("source") == "previous report" for r in run_rows) else {})
     curves, evals = [], []
     for src in sources.values():
@@ -608,7 +615,7 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
               *([f"evaluated (record): trained and evaluated in another checkout; read from its record in "
                  f"`{proto['records_dir']}` (`benchmarks/_table1_records.py`).", ""]
                 if any(r.get("source") == "record" for r in p["runs"]) else []),
-              *(["evaluated (carried over): trained and evaluated before records were kept; its row is the previous "
+              *(["evaluated (carried over): evaluated where no record of it is kept (before records existed); its row is the previous "
                  "report's, and its curves are only in the figures drawn when it was trained (`*_earlier.png`): its "
                  "metrics were not kept.", ""]
                 if any(r.get("source") == "previous report" for r in p["runs"]) else []),
@@ -699,6 +706,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
         for runs in plans.values():  # every config is checked before anything trains
             for r in runs:
                 sweep.run_config(r, overrides, args.seeds)
+        protocols = {env: {"t_max": sweep.run_config(plans[env][0], overrides, args.seeds).train.t_max,
+                           "seeds": args.seeds, "episodes_per_seed": args.episodes, "overrides": overrides}
+                     for env in args.envs}
+        for env in args.envs:  # before anything trains: a report of another protocol may be the only copy of its rows
+            records.refuse_to_drop(args.results_dir / f"table1_{env}_{tag}.json", protocols[env],
+                                   args.results_dir / records.RECORDS_DIR / tag)
     except ConfigError as e:
         raise SystemExit(f"reproduce_table1: error: {e}") from None
     for env in args.envs:
@@ -715,9 +728,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
 
     def report(env: str) -> dict[str, Any]:
         kept = records.kept_runs(records.records_root(args.results_dir, tag, runs_dir),
-                                 args.results_dir / f"table1_{env}_{tag}.json",
-                                 {"t_max": sweep.run_config(plans[env][0], overrides, args.seeds).train.t_max,
-                                  "seeds": args.seeds, "episodes_per_seed": args.episodes, "overrides": overrides})
+                                 args.results_dir / f"table1_{env}_{tag}.json", protocols[env])
         runs = report_runs(env, runs_dir, args.methods, args.figure5a, elsewhere=kept)
         methods = list(dict.fromkeys(r.method for r in runs))
         return build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,

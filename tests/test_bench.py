@@ -305,6 +305,9 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert "[table1 " in first.getvalue()  # the overall progress bar
     assert (tmp_path / "runs" / "summary.md").is_file()  # the sweep's own summary
 
+    rec_root = tmp_path / "results" / "table1_runs" / tag / "runs"
+    recorded = _files(rec_root)
+    shutil.copyfile(f"{stem}.json", tmp_path / "report.json")
     evals = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval_*.json")}
     ckpts = sorted(p.name for p in (tmp_path / "runs").glob("*/checkpoints/*"))
     second = io.StringIO()
@@ -327,11 +330,21 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
 
     # every evaluated run is recorded beside the report, so a checkout without the run directories
     # (a fresh clone: checkpoints are not committed) rebuilds the same table from the records
-    rec_root = tmp_path / "results" / "table1_runs" / tag / "runs"
     assert sorted(p.name for p in rec_root.iterdir()) == sorted(["hallway_4x5x6_cromac_qmix", qmix.name])
-    rec_bytes = {p: p.read_bytes() for p in rec_root.rglob("*") if p.is_file()}
-    assert not any("checkpoint" in str(p) for p in rec_bytes)
-    assert all('"kind": "test"' in line for line in (rec_root / qmix.name / "metrics.jsonl").read_text().splitlines())
+    assert _files(rec_root) == recorded  # the rebuilds since wrote nothing: git stays clean
+    assert not any("checkpoint" in str(p.relative_to(rec_root)) for p in recorded)
+    rec_tests = (rec_root / qmix.name / "metrics.jsonl").read_text().splitlines()
+    assert rec_tests and all('"kind": "test"' in line for line in rec_tests)
+    record = json.loads((rec_root / qmix.name / "record.json").read_text())
+    assert str(tmp_path) not in json.dumps(record) and record["protocol"]["t_max"] == 600
+    # a run directory that is not evaluated at its step (training or evaluating again) defers to its record
+    for p in (tmp_path / "runs" / qmix.name).glob("eval_*"):
+        p.unlink()
+    again_qmix = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
+    assert [(r["method"], r["source"], r["status"]) for r in again_qmix["runs"]] == [
+        ("cromac", "run dir", "evaluated"), ("qmix", "record", "evaluated (record)")]
+    unevaluated_qmix = tmp_path / "unevaluated_qmix"
+    shutil.copytree(tmp_path / "runs" / qmix.name, unevaluated_qmix)
     shutil.rmtree(tmp_path / "runs")
     from_records = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
 
@@ -345,9 +358,18 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert [r["train_s"] for r in from_records["runs"]] == [r["train_s"] for r in data["runs"]]
     assert set(from_records["figures"]) == {"curves", "budget"}
     assert "evaluated (record): trained and evaluated in another checkout" in Path(f"{stem}.md").read_text()
-    assert {p: p.read_bytes() for p in rec_root.rglob("*") if p.is_file()} == rec_bytes  # rebuilt, unchanged
-    # a report from before records were kept: its evaluated rows are carried over, not dropped
+    assert _files(rec_root) == recorded
+    # a record of another protocol (here: other episodes) is not taken for this one's
+    other_episodes = [a if a != "3" else "4" for a in alone]
+    assert other_episodes != alone
+    assert t1.main(other_episodes + ["--table-only", "--results-dir", str(tmp_path / "results")],
+                   out=None)["hallway_4x5x6"]["ours"] == {}
+    shutil.copyfile(tmp_path / "report.json", Path(f"{stem}.json"))  # the report of this protocol, as it was
+    # a report from before records were kept: its evaluated rows are carried over, not dropped,
+    # also while a run trains or evaluates again, until it has a new evaluation
     shutil.rmtree(tmp_path / "results" / "table1_runs")
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(unevaluated_qmix, tmp_path / "runs" / qmix.name)
     carried = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
     assert cells(carried["ours"]) == cells(data["ours"]) and "curves" not in carried["figures"]
     assert [r["status"] for r in carried["runs"]] == ["evaluated (carried over)"] * 2
@@ -357,9 +379,17 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
                                   "budget_earlier": f"{stem.name}_budget_earlier.png"}
     assert Path(f"{stem}_curves_earlier.png").is_file() and not Path(f"{stem}_curves.png").exists()
     assert t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]["figures"] == carried["figures"]
-    # ... but only from a report of the same protocol: another budget starts an empty table
-    other = t1.main([a if a != "600" else "700" for a in alone] + ["--table-only"], out=None)["hallway_4x5x6"]
-    assert other["ours"] == {} and [r["method"] for r in other["runs"]] == ["qmix"]
+    # a report of another protocol over it would lose those rows, kept nowhere else: one error line first
+    other_budget = [a if a != "600" else "700" for a in alone]
+    with pytest.raises(SystemExit, match=r"holds 2 evaluated run\(s\) of another protocol \(t_max=600, .*pass --results-dir"):
+        t1.main(other_budget + ["--table-only"], out=None)
+    assert cells(json.loads(Path(f"{stem}.json").read_text())["ours"]) == cells(data["ours"])
+    elsewhere = t1.main(other_budget + ["--table-only", "--results-dir", str(tmp_path / "other")], out=None)
+    assert elsewhere["hallway_4x5x6"]["ours"] == {}
+
+
+def _files(root: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 def test_reproduce_table1_bad_cpu_devices_is_one_line_before_anything_runs(tmp_path):

@@ -42,7 +42,8 @@ trained and evaluated it and written after every chunk (a killed process loses a
 chunk's time; runs trained before this ledger existed show "?"). The runs go to ``--runs-dir`` (default
 ``runs/table1_<hardware>/<paper | t<t_max>>``). Every evaluated run is also recorded, small and
 committable, in ``<results dir>/table1_runs/<hardware>/<runs dir name>/<run>/`` (``_table1_records``),
-so a checkout without the run directories rebuilds the same report and adds its own runs to it.
+so a checkout without the run directories rebuilds the same report and adds its own runs to it
+(a run recorded, or carried over from a report of before records, is not trained again there).
 """
 
 from __future__ import annotations
@@ -724,12 +725,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     _log(out, f"# Table 1 reproduction on {tag}: {', '.join(args.envs)}; {len(every)} runs"
               + (f", this process's share {args.share}: {len(mine)}" if args.share_count > 1 else "")
               + f"; {args.seeds} seeds each; runs in {runs_dir}")
+
+    def kept(env: str) -> set[str]:
+        return records.kept_runs(records.records_root(args.results_dir, tag, runs_dir),
+                                 args.results_dir / f"table1_{env}_{tag}.json", protocols[env])
+
+    # A run evaluated in another checkout (a record, or a row carried over) is not trained again
+    # where this checkout has no run directory of it; one that has, resumes as any other.
+    elsewhere = {env: {n for n in kept(env) if not saved_steps(runs_dir / n)} for env in args.envs}
+    for r in mine:
+        if r.name in elsewhere[r.env]:
+            _log(out, f"{r.name}: evaluated in another checkout (kept in {_shown(args.results_dir)}), not trained "
+                      "again; delete its record under table1_runs/ to train it anew")
+    mine = [r for r in mine if r.name not in elsewhere[r.env]]
     hw = B.hardware_info()
 
     def report(env: str) -> dict[str, Any]:
-        kept = records.kept_runs(records.records_root(args.results_dir, tag, runs_dir),
-                                 args.results_dir / f"table1_{env}_{tag}.json", protocols[env])
-        runs = report_runs(env, runs_dir, args.methods, args.figure5a, elsewhere=kept)
+        runs = report_runs(env, runs_dir, args.methods, args.figure5a, elsewhere=kept(env))
         methods = list(dict.fromkeys(r.method for r in runs))
         return build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,
                             args.episodes, args.results_dir, tag, hw, time.time() - t0, out,

@@ -359,6 +359,12 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert set(from_records["figures"]) == {"curves", "budget"}
     assert "evaluated (record): trained and evaluated in another checkout" in Path(f"{stem}.md").read_text()
     assert _files(rec_root) == recorded
+    # ... and the same command in that checkout trains none of them again
+    fresh = io.StringIO()
+    assert cells(t1.main(alone, out=fresh)["hallway_4x5x6"]["ours"]) == cells(data["ours"])
+    assert fresh.getvalue().count("not trained again") == 1  # --methods qmix: its own run
+    assert "starting" not in fresh.getvalue() and "evaluating" not in fresh.getvalue()
+    assert not (tmp_path / "runs" / qmix.name / "checkpoints").exists()
     # a record of another protocol (here: other episodes) is not taken for this one's
     other_episodes = [a if a != "3" else "4" for a in alone]
     assert other_episodes != alone
@@ -368,7 +374,7 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     # a report from before records were kept: its evaluated rows are carried over, not dropped,
     # also while a run trains or evaluates again, until it has a new evaluation
     shutil.rmtree(tmp_path / "results" / "table1_runs")
-    (tmp_path / "runs").mkdir()
+    shutil.rmtree(tmp_path / "runs")
     shutil.copytree(unevaluated_qmix, tmp_path / "runs" / qmix.name)
     carried = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
     assert cells(carried["ours"]) == cells(data["ours"]) and "curves" not in carried["figures"]

@@ -30,7 +30,7 @@ RECORDS_DIR = "table1_runs"
 #: The run-directory files a record copies whole; metrics.jsonl is filtered to its test rows.
 COPIED = ("config.yaml", "table1_wall.json")
 #: What makes two Table-1 results comparable: a record or a carried row of another protocol is not used.
-PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "overrides")
+PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "budgets", "overrides")
 
 
 def records_root(results_dir: Path, tag: str, runs_dir: Path) -> Path:
@@ -39,7 +39,13 @@ def records_root(results_dir: Path, tag: str, runs_dir: Path) -> Path:
 
 
 def _protocol(protocol: dict[str, Any]) -> dict[str, Any]:
-    return {k: protocol.get(k) for k in PROTOCOL_KEYS}
+    """The comparable part of a protocol: overrides as the config reads them (the last of a key
+    wins, order does not matter), budgets as floats."""
+    out = {k: protocol.get(k) for k in PROTOCOL_KEYS}
+    last = dict(str(o).split("=", 1) if "=" in str(o) else (str(o), "") for o in out["overrides"] or [])
+    out["overrides"] = sorted(f"{k}={v}" for k, v in last.items())
+    out["budgets"] = None if out["budgets"] is None else [float(b) for b in out["budgets"]]
+    return out
 
 
 def recorded_step(rec_dir: Path, protocol: dict[str, Any] | None = None) -> int | None:
@@ -50,7 +56,13 @@ def recorded_step(rec_dir: Path, protocol: dict[str, Any] | None = None) -> int 
         step = int(data["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if protocol is not None and data.get("protocol") != _protocol(protocol):
+    recorded = dict(data.get("protocol") or {})
+    if "budgets" not in recorded:  # records from before the budgets were part of the protocol
+        try:
+            recorded["budgets"] = json.loads((rec_dir / f"eval_{step}.json").read_text()).get("budgets")
+        except (OSError, ValueError):
+            pass
+    if protocol is not None and _protocol(recorded) != _protocol(protocol):
         return None
     return step
 
@@ -72,7 +84,8 @@ def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path, protocol: dic
 
     An unchanged record is left alone, so rebuilding a report leaves git clean and two ``--share``
     processes rebuilding at once write nothing. A new one is built in a folder of this process's own
-    and renamed into place, so a reader (or a process killed mid-copy) never sees half a record."""
+    and renamed into place: a reader sees the old record, for an instant none, or the new one, never
+    half of one (a process killed between the two renames leaves the old one in ``.<run>.old<pid>``)."""
     files = _files(run_dir, eval_json)
     files[RECORD_FILE] = (json.dumps({"step": int(step), "run": run_dir.name, "protocol": _protocol(protocol)},
                                      indent=1) + "\n").encode()
@@ -105,21 +118,35 @@ def _read_report(path: Path) -> dict[str, Any]:
     return old if isinstance(old, dict) else {}
 
 
-def _evaluated_rows(old: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def _evaluated_rows(old: dict[str, Any], only_unrecorded: bool = True) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """The evaluated rows of a report; ``only_unrecorded``: those whose only copy is the report
+    (evaluated before records existed, or carried over since), not those read from a run directory
+    or a record, which the record stands for (deleting it means: train again)."""
     ours = old.get("ours") or {}
     rows = {}
     for row in old.get("runs") or []:
         key = row.get("method") if row.get("mixer") == "qmix" else row.get("run")
-        if str(row.get("status", "")).startswith("evaluated") and key in ours:
+        unrecorded = row.get("source", "previous report") == "previous report"
+        if str(row.get("status", "")).startswith("evaluated") and key in ours and (unrecorded or not only_unrecorded):
             rows[row["run"]] = (row, ours[key])
     return rows
 
 
+def _report_protocol(old: dict[str, Any]) -> dict[str, Any]:
+    """A report's protocol; reports from before the budgets were part of it name them per row."""
+    protocol = dict(old.get("protocol") or {})
+    if "budgets" not in protocol:
+        budgets = {tuple(row.get("budgets") or ()) for row in (old.get("ours") or {}).values()}
+        protocol["budgets"] = list(budgets.pop()) if len(budgets) == 1 else None
+    return protocol
+
+
 def carried_rows(previous_report: Path, protocol: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """``{run name: (run row, Table-1 cells)}`` of the evaluated runs in an earlier report of the
-    same protocol (budget, seeds, episodes, overrides); empty where there is none or it differs."""
+    """``{run name: (run row, Table-1 cells)}`` of the evaluated runs an earlier report of the same
+    protocol (budget, seeds, episodes, FGSM budgets, overrides) is the only copy of; empty where
+    there is none or it differs."""
     old = _read_report(previous_report)
-    if _protocol(old.get("protocol") or {}) != _protocol(protocol):
+    if _protocol(_report_protocol(old)) != _protocol(protocol):
         return {}
     return _evaluated_rows(old)
 
@@ -129,11 +156,12 @@ def refuse_to_drop(previous_report: Path, protocol: dict[str, Any], records_base
     rows kept nowhere else: the report is of another protocol (a quick ``--t-max`` run into the
     default results dir, say) and some of its evaluated runs have no record."""
     old = _read_report(previous_report)
-    old_protocol = old.get("protocol") or {}
+    old_protocol = _report_protocol(old)
     if not old or _protocol(old_protocol) == _protocol(protocol):
         return
     base = records_base / Path(str(old_protocol.get("runs_dir", ""))).name
-    only_here = [run for run in _evaluated_rows(old) if recorded_step(base / run) is None]
+    only_here = [run for run in _evaluated_rows(old, only_unrecorded=False)
+                 if recorded_step(base / run, old_protocol) is None]
     if only_here:
         shown = ", ".join(f"{k}={old_protocol.get(k)}" for k in PROTOCOL_KEYS)
         raise ConfigError(f"{previous_report} holds {len(only_here)} evaluated run(s) of another protocol ({shown}) "
@@ -141,9 +169,22 @@ def refuse_to_drop(previous_report: Path, protocol: dict[str, Any], records_base
                           "pass --results-dir to write it elsewhere")
 
 
+def refuse_to_replace(rec_root: Path, protocol: dict[str, Any]) -> None:
+    """Raise ConfigError where ``rec_root`` holds records of another protocol (other seeds, episodes,
+    budgets or overrides under the same budget folder): this invocation's records would replace them."""
+    if not rec_root.is_dir():
+        return
+    other = sorted(p.name for p in rec_root.iterdir() if not p.name.startswith(".")
+                   and recorded_step(p) is not None and recorded_step(p, protocol) is None)
+    if other:
+        raise ConfigError(f"{rec_root} holds records of another protocol ({', '.join(other)}); this run's records "
+                          "would replace them: pass --results-dir (or --runs-dir) to keep them apart")
+
+
 def kept_runs(rec_root: Path, previous_report: Path, protocol: dict[str, Any]) -> set[str]:
     """The names of the runs whose results are kept here without their run directory."""
-    recorded = ({p.name for p in rec_root.iterdir() if recorded_step(p, protocol) is not None}
+    recorded = ({p.name for p in rec_root.iterdir()
+                 if not p.name.startswith(".") and recorded_step(p, protocol) is not None}
                 if rec_root.is_dir() else set())
     return recorded | set(carried_rows(previous_report, protocol))
 

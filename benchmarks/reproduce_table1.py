@@ -434,7 +434,8 @@ def run_source(run_dir: Path, rec_dir: Path, protocol: dict[str, Any]) -> tuple[
     else the record (trained in another checkout, or this run is training or evaluating again)."""
     steps = saved_steps(run_dir)
     rec_step = records.recorded_step(rec_dir, protocol)
-    if rec_step is None or (steps and steps[-1] >= rec_step and (run_dir / f"eval_{steps[-1]}.json").is_file()):
+    if rec_step is None or (steps and steps[-1] >= rec_step and has_table1_eval(
+            run_dir / f"eval_{steps[-1]}.json", protocol["episodes_per_seed"], protocol["budgets"])):
         return run_dir, steps, "run dir"
     return rec_dir, [rec_step], "record"
 
@@ -445,20 +446,20 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: int, overrides: list[str],
-                 paper_budget: bool, episodes: int, results_dir: Path, tag: str, hw: dict[str, Any],
-                 session_s: float, out: TextIO | None, command: str = "") -> dict[str, Any]:
+def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], protocol: dict[str, Any],
+                 results_dir: Path, tag: str, hw: dict[str, Any], session_s: float, out: TextIO | None,
+                 command: str = "") -> dict[str, Any]:
     """Write ``table1_<env>_<tag>.{md,json}`` and the PNGs from whatever runs are finished now,
-    recording each evaluated run (``_table1_records``) so the report can be rebuilt without it."""
+    recording each evaluated run (``_table1_records``) so the report can be rebuilt without it.
+    ``protocol``: seeds, t_max, episodes_per_seed, budgets, overrides, paper_budget (``main``'s)."""
     from cromac_jax import plot
 
     stem = f"table1_{env}_{tag}"
     rec_root = records.records_root(results_dir, tag, runs_dir)
-    t_max = sweep.run_config(runs[0], overrides, seeds).train.t_max if runs else None
-    protocol = {"seeds": seeds, "t_max": t_max, "paper_budget": paper_budget, "episodes_per_seed": episodes,
-                "env_label": plot.env_label(sweep.run_config(runs[0], overrides, seeds)) if runs else env,
-                "attacks": list(TABLE1_ATTACKS), "overrides": overrides, "runs_dir": str(runs_dir),
-                "records_dir": _shown(rec_root)}
+    seeds, overrides, t_max = protocol["seeds"], protocol["overrides"], protocol["t_max"]
+    episodes, budgets, paper_budget = protocol["episodes_per_seed"], protocol["budgets"], protocol["paper_budget"]
+    protocol = {**protocol, "env_label": plot.env_label(sweep.run_config(runs[0], overrides, seeds)) if runs else env,
+                "attacks": list(TABLE1_ATTACKS), "runs_dir": _shown(runs_dir), "records_dir": _shown(rec_root)}
     carried = records.carried_rows(results_dir / f"{stem}.json", protocol)
     table: dict[str, dict[str, Any]] = {}
     run_rows = []
@@ -470,7 +471,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], seeds: in
         src, steps, source = run_source(run_dir, rec_dir, protocol)
         finished = bool(steps) and steps[-1] >= cfg.train.t_max
         evaluated = src / f"eval_{steps[-1]}.json" if finished else None
-        ours = our_row(evaluated)
+        ours = our_row(evaluated) if has_table1_eval(evaluated, episodes, budgets) else None
         if source == "run dir" and ours is not None:
             records.save(run_dir, rec_dir, steps[-1], evaluated, protocol)
         if ours is None and r.name in carried:  # until the run is evaluated again, here or in a record
@@ -707,12 +708,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
         for runs in plans.values():  # every config is checked before anything trains
             for r in runs:
                 sweep.run_config(r, overrides, args.seeds)
-        protocols = {env: {"t_max": sweep.run_config(plans[env][0], overrides, args.seeds).train.t_max,
-                           "seeds": args.seeds, "episodes_per_seed": args.episodes, "overrides": overrides}
+        protocols = {env: {"seeds": args.seeds, "t_max": sweep.run_config(plans[env][0], overrides, args.seeds).train.t_max,
+                           "paper_budget": args.t_max is None, "episodes_per_seed": args.episodes,
+                           "budgets": attacks_budgets, "overrides": overrides}
                      for env in args.envs}
-        for env in args.envs:  # before anything trains: a report of another protocol may be the only copy of its rows
+        for env in args.envs:  # before anything trains: results of another protocol may exist only here
             records.refuse_to_drop(args.results_dir / f"table1_{env}_{tag}.json", protocols[env],
                                    args.results_dir / records.RECORDS_DIR / tag)
+            records.refuse_to_replace(records.records_root(args.results_dir, tag, runs_dir), protocols[env])
     except ConfigError as e:
         raise SystemExit(f"reproduce_table1: error: {e}") from None
     for env in args.envs:
@@ -733,18 +736,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     # A run evaluated in another checkout (a record, or a row carried over) is not trained again
     # where this checkout has no run directory of it; one that has, resumes as any other.
     elsewhere = {env: {n for n in kept(env) if not saved_steps(runs_dir / n)} for env in args.envs}
-    for r in mine:
+    for r in mine if not args.table_only else []:
         if r.name in elsewhere[r.env]:
-            _log(out, f"{r.name}: evaluated in another checkout (kept in {_shown(args.results_dir)}), not trained "
-                      "again; delete its record under table1_runs/ to train it anew")
+            rec = records.records_root(args.results_dir, tag, runs_dir) / r.name
+            how = (f"its record {_shown(rec)}: delete it to train the run anew"
+                   if records.recorded_step(rec, protocols[r.env]) is not None else
+                   f"its row in {_shown(args.results_dir / f'table1_{r.env}_{tag}.json')}, carried over from before records")
+            _log(out, f"{r.name}: evaluated in another checkout, not trained again (kept in {how})")
     mine = [r for r in mine if r.name not in elsewhere[r.env]]
     hw = B.hardware_info()
 
     def report(env: str) -> dict[str, Any]:
         runs = report_runs(env, runs_dir, args.methods, args.figure5a, elsewhere=kept(env))
         methods = list(dict.fromkeys(r.method for r in runs))
-        return build_report(env, runs_dir, runs, args.seeds, overrides, args.t_max is None,
-                            args.episodes, args.results_dir, tag, hw, time.time() - t0, out,
+        return build_report(env, runs_dir, runs, protocols[env], args.results_dir, tag, hw, time.time() - t0, out,
                             command=reproduce_command(args, env, methods))
 
     def evaluate_and_report(run: sweep.SweepRun) -> None:

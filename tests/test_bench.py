@@ -336,7 +336,9 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     rec_tests = (rec_root / qmix.name / "metrics.jsonl").read_text().splitlines()
     assert rec_tests and all('"kind": "test"' in line for line in rec_tests)
     record = json.loads((rec_root / qmix.name / "record.json").read_text())
-    assert str(tmp_path) not in json.dumps(record) and record["protocol"]["t_max"] == 600
+    assert record["protocol"]["t_max"] == 600 and record["protocol"]["budgets"] == [0.5, 1.0]
+    # protocols compare as the config reads overrides: order does not matter, the last of a key wins
+    assert t1.records._protocol({"overrides": ["a=1", "b=2"]}) == t1.records._protocol({"overrides": ["b=2", "a=0", "a=1"]})
     # a run directory that is not evaluated at its step (training or evaluating again) defers to its record
     for p in (tmp_path / "runs" / qmix.name).glob("eval_*"):
         p.unlink()
@@ -358,22 +360,29 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert [r["train_s"] for r in from_records["runs"]] == [r["train_s"] for r in data["runs"]]
     assert set(from_records["figures"]) == {"curves", "budget"}
     assert "evaluated (record): trained and evaluated in another checkout" in Path(f"{stem}.md").read_text()
-    assert _files(rec_root) == recorded
     # ... and the same command in that checkout trains none of them again
     fresh = io.StringIO()
     assert cells(t1.main(alone, out=fresh)["hallway_4x5x6"]["ours"]) == cells(data["ours"])
     assert fresh.getvalue().count("not trained again") == 1  # --methods qmix: its own run
     assert "starting" not in fresh.getvalue() and "evaluating" not in fresh.getvalue()
     assert not (tmp_path / "runs" / qmix.name / "checkpoints").exists()
-    # a record of another protocol (here: other episodes) is not taken for this one's
+    # records of another protocol (here: other episodes) in the same folder are neither used nor replaced
     other_episodes = [a if a != "3" else "4" for a in alone]
     assert other_episodes != alone
-    assert t1.main(other_episodes + ["--table-only", "--results-dir", str(tmp_path / "results")],
-                   out=None)["hallway_4x5x6"]["ours"] == {}
-    shutil.copyfile(tmp_path / "report.json", Path(f"{stem}.json"))  # the report of this protocol, as it was
+    with pytest.raises(SystemExit, match="holds records of another protocol .*pass --results-dir"):
+        t1.main(other_episodes, out=None)
+    assert _files(rec_root) == recorded and not (tmp_path / "runs" / qmix.name / "checkpoints").exists()
+    # the report of this protocol as it was before records existed: no sources, no budgets in its protocol
+    old = json.loads((tmp_path / "report.json").read_text())
+    del old["protocol"]["budgets"]
+    old["runs"] = [{k: v for k, v in row.items() if k != "source"} for row in old["runs"]]
+    Path(f"{stem}.json").write_text(json.dumps(old))
     # a report from before records were kept: its evaluated rows are carried over, not dropped,
     # also while a run trains or evaluates again, until it has a new evaluation
     shutil.rmtree(tmp_path / "results" / "table1_runs")
+    fresh = io.StringIO()
+    t1.main(alone, out=fresh)  # a carried-over run is not trained again either
+    assert "not trained again (kept in its row in" in fresh.getvalue() and "starting" not in fresh.getvalue()
     shutil.rmtree(tmp_path / "runs")
     shutil.copytree(unevaluated_qmix, tmp_path / "runs" / qmix.name)
     carried = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
@@ -388,10 +397,24 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     # a report of another protocol over it would lose those rows, kept nowhere else: one error line first
     other_budget = [a if a != "600" else "700" for a in alone]
     with pytest.raises(SystemExit, match=r"holds 2 evaluated run\(s\) of another protocol \(t_max=600, .*pass --results-dir"):
-        t1.main(other_budget + ["--table-only"], out=None)
+        t1.main(other_budget, out=None)  # refused before anything trains
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [qmix.name]
     assert cells(json.loads(Path(f"{stem}.json").read_text())["ours"]) == cells(data["ours"])
     elsewhere = t1.main(other_budget + ["--table-only", "--results-dir", str(tmp_path / "other")], out=None)
     assert elsewhere["hallway_4x5x6"]["ours"] == {}
+
+
+def test_table1_record_of_before_budgets_takes_them_from_its_eval_table(tmp_path):
+    records = _table1().records
+    rec = tmp_path / "run"
+    rec.mkdir()
+    protocol = {"t_max": 5, "seeds": 1, "episodes_per_seed": 2, "overrides": ["a=1"]}
+    (rec / "record.json").write_text(json.dumps({"step": 5, "protocol": protocol}))
+    (rec / "eval_5.json").write_text(json.dumps({"budgets": [1, 2]}))
+    assert records.recorded_step(rec, {**protocol, "budgets": [1.0, 2.0]}) == 5
+    assert records.recorded_step(rec, {**protocol, "budgets": [1.0]}) is None
+    assert records.recorded_step(rec, {**protocol, "budgets": [1.0, 2.0], "seeds": 2}) is None
+    assert records.recorded_step(tmp_path / "nothing") is None
 
 
 def _files(root: Path) -> dict[Path, tuple[bytes, int]]:

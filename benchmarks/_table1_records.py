@@ -33,6 +33,11 @@ COPIED = ("config.yaml", "table1_wall.json")
 PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "budgets", "overrides")
 
 
+def table_key(method: str, mixer: str, run: str) -> str:
+    """A run's key in a report's table (``ours``): its method with the paper's QMIX mixer, else its run name."""
+    return method if mixer == "qmix" else run
+
+
 def records_root(results_dir: Path, tag: str, runs_dir: Path) -> Path:
     """Where the records of the runs in ``runs_dir`` go: one folder per hardware and budget, as the runs."""
     return results_dir / RECORDS_DIR / tag / runs_dir.name
@@ -79,8 +84,8 @@ def _files(run_dir: Path, eval_json: Path) -> dict[str, bytes]:
     return files
 
 
-def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path, protocol: dict[str, Any]) -> bool:
-    """Record a finished run evaluated in ``eval_json``; returns whether anything changed.
+def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path, protocol: dict[str, Any]) -> None:
+    """Record a finished run evaluated in ``eval_json``.
 
     An unchanged record is left alone, so rebuilding a report leaves git clean and two ``--share``
     processes rebuilding at once write nothing. A new one is built in a folder of this process's own
@@ -91,7 +96,7 @@ def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path, protocol: dic
                                      indent=1) + "\n").encode()
     if rec_dir.is_dir() and {p.name for p in rec_dir.iterdir()} == set(files) and \
             all((rec_dir / name).read_bytes() == data for name, data in files.items()):
-        return False
+        return
     rec_dir.parent.mkdir(parents=True, exist_ok=True)
     fresh, stale = (rec_dir.with_name(f".{rec_dir.name}.{kind}{os.getpid()}") for kind in ("new", "old"))
     shutil.rmtree(fresh, ignore_errors=True)
@@ -107,7 +112,6 @@ def save(run_dir: Path, rec_dir: Path, step: int, eval_json: Path, protocol: dic
             stale.rename(rec_dir)
         shutil.rmtree(fresh, ignore_errors=True)
     shutil.rmtree(stale, ignore_errors=True)
-    return True
 
 
 def _read_report(path: Path) -> dict[str, Any]:
@@ -125,7 +129,7 @@ def _evaluated_rows(old: dict[str, Any], only_unrecorded: bool = True) -> dict[s
     ours = old.get("ours") or {}
     rows = {}
     for row in old.get("runs") or []:
-        key = row.get("method") if row.get("mixer") == "qmix" else row.get("run")
+        key = table_key(row.get("method"), row.get("mixer"), row.get("run"))
         unrecorded = row.get("source", "previous report") == "previous report"
         if str(row.get("status", "")).startswith("evaluated") and key in ours and (unrecorded or not only_unrecorded):
             rows[row["run"]] = (row, ours[key])

@@ -466,7 +466,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], protocol:
     sources: dict[str, Path] = {}
     for r in runs:
         run_dir, rec_dir = runs_dir / r.name, rec_root / r.name
-        key = r.name if r.mixer != "qmix" else r.method
+        key = records.table_key(r.method, r.mixer, r.name)
         cfg = sweep.run_config(r, overrides, seeds)
         src, steps, source = run_source(run_dir, rec_dir, protocol)
         finished = bool(steps) and steps[-1] >= cfg.train.t_max
@@ -571,7 +571,7 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
     body = []
     shown_paper = set()
     for r in runs:
-        key = r.method if r.mixer == "qmix" else r.name
+        key = records.table_key(r.method, r.mixer, r.name)
         ours = p["ours"].get(key)
         label = run_label(r) + ("" if r.mixer != "qmix" or r.method in PAPER_METHOD else " *")
         body.append([f"{label} (`{r.method}`{'' if r.mixer == 'qmix' else ', ' + r.mixer})", "ours",
@@ -699,6 +699,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
     tag = B.hardware_tag()
     overrides = list(args.overrides) + ([f"train.t_max={args.t_max}"] if args.t_max is not None else [])
     runs_dir = args.runs_dir or ROOT / "runs" / f"table1_{tag}" / ("paper" if args.t_max is None else f"t{args.t_max}")
+    rec_root = records.records_root(args.results_dir, tag, runs_dir)
+
+    def report_json(env: str) -> Path:
+        return args.results_dir / f"table1_{env}_{tag}.json"
     try:
         attacks_budgets = list(args.budgets)
         from cromac_jax.evaluate import check_budgets
@@ -713,9 +717,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
                            "budgets": attacks_budgets, "overrides": overrides}
                      for env in args.envs}
         for env in args.envs:  # before anything trains: results of another protocol may exist only here
-            records.refuse_to_drop(args.results_dir / f"table1_{env}_{tag}.json", protocols[env],
-                                   args.results_dir / records.RECORDS_DIR / tag)
-            records.refuse_to_replace(records.records_root(args.results_dir, tag, runs_dir), protocols[env])
+            records.refuse_to_drop(report_json(env), protocols[env], args.results_dir / records.RECORDS_DIR / tag)
+            records.refuse_to_replace(rec_root, protocols[env])
     except ConfigError as e:
         raise SystemExit(f"reproduce_table1: error: {e}") from None
     for env in args.envs:
@@ -730,18 +733,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
               + f"; {args.seeds} seeds each; runs in {runs_dir}")
 
     def kept(env: str) -> set[str]:
-        return records.kept_runs(records.records_root(args.results_dir, tag, runs_dir),
-                                 args.results_dir / f"table1_{env}_{tag}.json", protocols[env])
+        return records.kept_runs(rec_root, report_json(env), protocols[env])
 
     # A run evaluated in another checkout (a record, or a row carried over) is not trained again
     # where this checkout has no run directory of it; one that has, resumes as any other.
     elsewhere = {env: {n for n in kept(env) if not saved_steps(runs_dir / n)} for env in args.envs}
     for r in mine if not args.table_only else []:
         if r.name in elsewhere[r.env]:
-            rec = records.records_root(args.results_dir, tag, runs_dir) / r.name
-            how = (f"its record {_shown(rec)}: delete it to train the run anew"
-                   if records.recorded_step(rec, protocols[r.env]) is not None else
-                   f"its row in {_shown(args.results_dir / f'table1_{r.env}_{tag}.json')}, carried over from before records")
+            how = (f"its record {_shown(rec_root / r.name)}: delete it to train the run anew"
+                   if records.recorded_step(rec_root / r.name, protocols[r.env]) is not None else
+                   f"its row in {_shown(report_json(r.env))}, carried over from before records")
             _log(out, f"{r.name}: evaluated in another checkout, not trained again (kept in {how})")
     mine = [r for r in mine if r.name not in elsewhere[r.env]]
     hw = B.hardware_info()

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from cromac_jax.config import ConfigError
 
@@ -173,13 +173,15 @@ def refuse_to_drop(previous_report: Path, protocol: dict[str, Any], records_base
                           "pass --results-dir to write it elsewhere")
 
 
-def refuse_to_replace(rec_root: Path, protocol: dict[str, Any]) -> None:
-    """Raise ConfigError where ``rec_root`` holds records of another protocol (other seeds, episodes,
-    budgets or overrides under the same budget folder): this invocation's records would replace them."""
+def refuse_to_replace(rec_root: Path, protocol: dict[str, Any], names: Iterable[str]) -> None:
+    """Raise ConfigError where ``rec_root`` holds records of runs ``names`` (one env's runs) of another
+    protocol (other seeds, episodes, budgets or overrides under the same budget folder): this
+    invocation's records would replace them. Another env's records share the folder under their own
+    names and protocol (its own ``cromac.robust_start``, say): they are left alone."""
     if not rec_root.is_dir():
         return
-    other = sorted(p.name for p in rec_root.iterdir() if not p.name.startswith(".")
-                   and recorded_step(p) is not None and recorded_step(p, protocol) is None)
+    other = sorted(n for n in set(names) if recorded_step(rec_root / n) is not None
+                   and recorded_step(rec_root / n, protocol) is None)
     if other:
         raise ConfigError(f"{rec_root} holds records of another protocol ({', '.join(other)}); this run's records "
                           "would replace them: pass --results-dir (or --runs-dir) to keep them apart")

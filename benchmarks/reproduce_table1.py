@@ -718,7 +718,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
                      for env in args.envs}
         for env in args.envs:  # before anything trains: results of another protocol may exist only here
             records.refuse_to_drop(report_json(env), protocols[env], args.results_dir / records.RECORDS_DIR / tag)
-            records.refuse_to_replace(rec_root, protocols[env])
+            records.refuse_to_replace(rec_root, protocols[env],
+                                      [r.name for r in plan_runs(env, DEFAULT_METHODS, args.figure5a)])
     except ConfigError as e:
         raise SystemExit(f"reproduce_table1: error: {e}") from None
     for env in args.envs:

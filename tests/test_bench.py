@@ -372,6 +372,9 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     with pytest.raises(SystemExit, match="holds records of another protocol .*pass --results-dir"):
         t1.main(other_episodes, out=None)
     assert _files(rec_root) == recorded and not (tmp_path / "runs" / qmix.name / "checkpoints").exists()
+    # ... while another env's runs, of their own protocol, share the folder with them
+    t1.main(["--envs", "lbf_3p1f", *other_episodes[other_episodes.index("--methods"):], "--table-only"], out=None)
+    assert _files(rec_root) == recorded
     # the report of this protocol as it was before records existed: no sources, no budgets in its protocol
     old = json.loads((tmp_path / "report.json").read_text())
     del old["protocol"]["budgets"]

@@ -78,17 +78,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         ignored = [flag for flag, given in (
             ("--config", args.config), ("--env", args.env), ("--method", args.method), ("--mixer", args.mixer),
-            ("--seeds", args.seeds), ("--seed", args.seed), ("--t-max", args.t_max), ("--num-envs", args.num_envs),
+            ("--seeds", args.seeds), ("--seed", args.seed), ("--num-envs", args.num_envs),
             ("--run-dir", args.run_dir), ("--set", args.set), ("overrides", args.overrides)) if given]
         if ignored:
             raise checkpoint.CheckpointError(
                 f"--resume continues a run with the config saved in it; {', '.join(ignored)} cannot change it "
-                "(start a new run for other settings)")
+                "(start a new run for other settings; --t-max alone sets a new budget)")
         cfg = checkpoint.read_config(args.resume)
+        if args.t_max is not None:  # a new budget: the one setting a resumed run may change
+            from cromac_jax.config import replace
+
+            cfg = replace(cfg, train={"t_max": args.t_max})
         _host_devices(args, cfg.train.num_seeds)
         from cromac_jax import runner
 
-        runner.train(cfg, run_dir=args.resume, resume=True)
+        runner.train(cfg, run_dir=args.resume, resume=True, new_budget=args.t_max is not None)
         return 0
     cfg = _config_from_args(args)
     _host_devices(args, cfg.train.num_seeds)
@@ -176,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--method", help="qmix | full_comm | cromac | cromac_no_robust | ame")
     p.add_argument("--run-dir", dest="run_dir", help="where config, metrics and checkpoints go")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint (bit-for-bit)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its latest checkpoint (bit-for-bit); with --t-max N, to N env steps "
+                        "per seed (train a finished run on)")
     _add_distributed_args(p)
     p.set_defaults(func=_cmd_train)
 

@@ -276,10 +276,15 @@ def train(
     max_chunks: int | None = None,
     on_chunk: Callable[[dict], None] | None = None,
     restart: bool = False,
+    new_budget: bool = False,
 ) -> RunResult:
     """Train every seed of ``cfg`` to ``t_max`` env steps, writing into ``run_dir``.
 
     ``resume=True`` continues from the latest checkpoint in ``run_dir`` (its config must match).
+    ``new_budget=True`` lets ``cfg`` differ from it in ``train.t_max`` alone, above the env steps
+    the checkpoint reached: training a finished run on, or giving an unfinished one a smaller budget.
+    The seeds are independent of the budget (it only says when each stops), so a run extended from
+    ``t_max`` A to B ends where a run trained to B from the start does.
     A fresh run refuses a ``run_dir`` that already holds a run (its checkpoints, or its config and
     metrics from an attempt stopped before the first checkpoint), so nothing is overwritten or
     mixed into another run's history; ``restart=True`` (sweeps, which own their run dirs) starts
@@ -288,9 +293,9 @@ def train(
     collective that fails because a peer died becomes one ``DistributedError`` line.
     """
     if jax.process_count() == 1:
-        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk, restart)
+        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk, restart, new_budget)
     try:
-        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk, restart)
+        return _train(cfg, run_dir, resume, out, max_chunks, on_chunk, restart, new_budget)
     except jax.errors.JaxRuntimeError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DistributedError(
@@ -307,6 +312,7 @@ def _train(
     max_chunks: int | None,
     on_chunk: Callable[[dict], None] | None,
     restart: bool = False,
+    new_budget: bool = False,
 ) -> RunResult:
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     out = sys.stdout if out == "stdout" else out  # resolved per call (tests replace sys.stdout)
@@ -318,14 +324,23 @@ def _train(
     runner = SeedRunner(cfg)
     if resume:
         saved = read_config(run_dir)
-        if saved != cfg:
-            diff = [
-                f"{sec}.{k}" for sec, d in cfg.to_dict().items() if isinstance(d, dict)
-                for k in d if saved.to_dict()[sec].get(k) != d[k]
-            ]
-            raise ConfigError(f"cannot resume {str(run_dir)!r}: config differs from the saved one in {', '.join(diff)}")
+        diff = [
+            f"{sec}.{k}" for sec, d in cfg.to_dict().items() if isinstance(d, dict)
+            for k in d if saved.to_dict()[sec].get(k) != d[k]
+        ]
+        if diff and not (new_budget and diff == ["train.t_max"]):
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: config differs from the saved one in {', '.join(diff)}"
+                              + (" (only train.t_max may change)" if new_budget else ""))
         step, state = checkpoint.restore(run_dir, runner.abstract_state())
         _log(out, f"resumed {run_dir} from checkpoint at {step} env steps")
+        if diff:
+            reached = int(to_host(state.t_env).min())
+            if t.t_max <= reached:
+                raise ConfigError(f"cannot give {str(run_dir)!r} t_max {t.t_max:,}: its checkpoint at {step:,} env steps "
+                                  f"has every seed at {reached:,} or more; pass a larger t_max")
+            if primary:  # the run dir's config is the run's record: from here on it trains to the new budget
+                write_config(run_dir, cfg)
+            _log(out, f"budget of {run_dir}: t_max {saved.train.t_max:,} -> {t.t_max:,} env steps per seed")
     else:
         if run_dir.exists() and checkpoint.all_steps(run_dir):
             raise ConfigError(f"run directory {str(run_dir)!r} already holds checkpoints; pass --resume or choose another")

@@ -177,6 +177,35 @@ def test_sigterm_stops_at_a_chunk_boundary_with_a_checkpoint_and_resume_matches(
     assert leaves_equal(a.params, b.params) and leaves_equal(a.buffer, b.buffer)
 
 
+@pytest.mark.timeout(600)
+def test_a_finished_run_trained_on_to_a_new_budget_matches_one_trained_to_it(tmp_path, uninterrupted, capsys):
+    """``cromac train --resume RUN --t-max N``: the budget only says when each seed stops, so a run
+    trained to 300 and then on to 500 is the run trained to 500 from the start."""
+    cfg, root, full = uninterrupted
+    short = tmp_path / "short"
+    runner.train(C.replace(cfg, train={"t_max": 300}), run_dir=short, out=None)
+    assert cli.main(["train", "--resume", str(short), "--t-max", str(cfg.train.t_max)]) == 0
+    assert "t_max 300 -> 500 env steps per seed" in capsys.readouterr().out
+    assert checkpoint.read_config(short) == cfg  # the run dir's config now says what it was trained to
+    sr = runner.SeedRunner(cfg)
+    _, a = checkpoint.restore(root / "full", sr.abstract_state())
+    _, b = checkpoint.restore(short, sr.abstract_state())
+    assert np.array_equal(np.asarray(a.t_env), np.asarray(b.t_env)) and np.all(np.asarray(b.t_env) >= 500)
+    assert leaves_equal(a.params, b.params) and leaves_equal(a.buffer, b.buffer)
+    tests = [[ln["t_env"] for ln in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if ln["kind"] == "test"]
+             for d in (root / "full", short)]
+    assert tests[0] == tests[1]
+    assert (short / "summary.txt").read_text() == (root / "full" / "summary.txt").read_text()
+    # a budget the run has already used, or any other setting, is refused in one line, nothing written
+    before = (short / "metrics.jsonl").read_text()
+    assert cli.main(["train", "--resume", str(short), "--t-max", "400"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot give" in err[0] and "t_max 400" in err[0] and "pass a larger t_max" in err[0], err
+    with pytest.raises(C.ConfigError, match=r"differs from the saved one in train.t_max, train.lr \(only train.t_max"):
+        runner.train(C.replace(cfg, train={"t_max": 900, "lr": 0.1}), run_dir=short, resume=True, out=None, new_budget=True)
+    assert (short / "metrics.jsonl").read_text() == before and checkpoint.read_config(short) == cfg
+
+
 def _check_tensorboard_events(run_dir, lines):
     """The TensorBoard events hold the same numbers as metrics.jsonl (mean over seeds, per seed)."""
     pytest.importorskip("tensorboardX", reason="TensorBoard output is optional (pip install tensorboardX)")

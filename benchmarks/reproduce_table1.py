@@ -469,7 +469,7 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], protocol:
         key = records.table_key(r.method, r.mixer, r.name)
         cfg = sweep.run_config(r, overrides, seeds)
         src, steps, source = run_source(run_dir, rec_dir, protocol)
-        finished = bool(steps) and steps[-1] >= cfg.train.t_max
+        finished = sweep.at_budget(steps, cfg)
         evaluated = src / f"eval_{steps[-1]}.json" if finished else None
         ours = our_row(evaluated) if has_table1_eval(evaluated, episodes, budgets) else None
         if source == "run dir" and ours is not None:

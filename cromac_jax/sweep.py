@@ -139,7 +139,12 @@ def run_config(run: SweepRun, base: list[str], seeds: int) -> config.Config:
 
 def finished(run_dir: Path, cfg: config.Config) -> bool:
     """Whether the run's last checkpoint is at its budget."""
-    steps = checkpoint.all_steps(run_dir)
+    return at_budget(checkpoint.all_steps(run_dir), cfg)
+
+
+def at_budget(steps: list[int], cfg: config.Config) -> bool:
+    """Whether the last of a run's saved ``steps`` (ascending; from its checkpoints, or a record of
+    them kept elsewhere) is at its budget."""
     return bool(steps) and steps[-1] >= cfg.train.t_max
 
 

@@ -174,7 +174,8 @@ def sweep(
                 continue
             resume = bool(checkpoint.all_steps(run_dir))
             _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")
-            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, restart=not resume)
+            # a sweep run again with a larger --t-max trains its runs on to it (nothing else may change)
+            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, restart=not resume, new_budget=resume)
     return summarise(out_dir, runs, out)
 
 

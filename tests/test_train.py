@@ -369,6 +369,14 @@ def test_sweep_trains_each_combination_is_resumable_and_summarises(tmp_path, cap
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["seeds"] == 2 for r in rows)
     assert "test_fgsm_won_mean" in rows[1] and "test_fgsm_won_mean" not in rows[0]
     assert (tmp_path / "summary.md").read_text().count("\n") == 4
+    # the same sweep with a larger budget trains every run on to it; any other change is refused
+    assert cli.main(argv + ["--t-max", "90"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("t_max 60 -> 90 env steps per seed") == 2
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["t_env"] >= 90 and r["t_max"] == 90 for r in rows)
+    assert cli.main(argv + ["train.lr=0.1", "--t-max", "120"]) == 2
+    assert "config differs from the saved one in train.t_max, train.lr (only train.t_max may change)" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_the_loss_and_step_named_and_keeps_the_checkpoint(tmp_path, monkeypatch):

@@ -475,8 +475,10 @@ def build_report(env: str, runs_dir: Path, runs: list[sweep.SweepRun], protocol:
         if source == "run dir" and ours is not None:
             records.save(run_dir, rec_dir, steps[-1], evaluated, protocol)
         if ours is None and r.name in carried:  # until the run is evaluated again, here or in a record
-            old_row, table[key] = carried[r.name]
-            run_rows.append({**old_row, "status": "evaluated (carried over)", "source": "previous report"})
+            old_row, cells = carried[r.name]  # paths as this checkout shows them (older reports kept them absolute)
+            table[key] = {**cells, **({"eval_json": _shown(Path(cells["eval_json"]))} if cells.get("eval_json") else {})}
+            run_rows.append({**old_row, "status": "evaluated (carried over)", "source": "previous report",
+                             **({"run_dir": _shown(Path(old_row["run_dir"]))} if old_row.get("run_dir") else {})})
             continue
         sources[r.name] = src
         wall = read_wall(src)

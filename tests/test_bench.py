@@ -247,7 +247,7 @@ def test_checks_report_the_papers_ordering_and_targets():
 
 
 @pytest.mark.timeout(900)
-def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
+def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path, monkeypatch):
     t1 = _table1()
     overrides = TINY + ["train.chunk_iterations=3", "train.test_interval=300", "train.test_nepisode=4",
                         "cromac.robust_start=100"]
@@ -388,8 +388,11 @@ def test_reproduce_table1_tiny_writes_the_table_and_resumes(tmp_path):
     assert "not trained again (kept in its row in" in fresh.getvalue() and "starting" not in fresh.getvalue()
     shutil.rmtree(tmp_path / "runs")
     shutil.copytree(unevaluated_qmix, tmp_path / "runs" / qmix.name)
+    monkeypatch.setattr(t1, "ROOT", tmp_path)  # as if the run dirs had been in the repository: paths shown from it
     carried = t1.main(alone + ["--table-only"], out=None)["hallway_4x5x6"]
     assert cells(carried["ours"]) == cells(data["ours"]) and "curves" not in carried["figures"]
+    assert [r["run_dir"] for r in carried["runs"]] == [f"runs/{r}" for r in ("hallway_4x5x6_cromac_qmix", qmix.name)]
+    assert all(not Path(row["eval_json"]).is_absolute() for row in carried["ours"].values())
     assert [r["status"] for r in carried["runs"]] == ["evaluated (carried over)"] * 2
     assert "its curves are only in the figures drawn when it was trained" in Path(f"{stem}.md").read_text()
     # their figures, which cannot be drawn again, are kept under another name and shown

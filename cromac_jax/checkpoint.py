@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from cromac_jax.config import Config, ConfigError, from_dict, read_yaml_mapping
+from cromac_jax.config import Config, ConfigError, differing_keys, from_dict, read_yaml_mapping
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -53,16 +53,36 @@ def manager(run_dir: str | Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
     _quiet_orbax()
     path = Path(run_dir).absolute() / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    return ocp.CheckpointManager(path, options=options)
+    # the handler named, so reading a step's metadata alone does not warn about the unread item
+    return ocp.CheckpointManager(path, options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: Any) -> None:
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, cfg: Config | None = None) -> None:
     """Save synchronously (a run killed right after still has this checkpoint); a step that is
-    already saved is the same state, so it is not written twice."""
+    already saved is the same state, so it is not written twice. ``cfg`` goes into the step's
+    metadata (JSON), so a resumed run can tell an edited ``config.yaml`` from the one it trained with."""
     if int(step) in mgr.all_steps():
         return
-    mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    meta = {"config": cfg.to_dict()} if cfg is not None else None
+    mgr.save(int(step), args=ocp.args.StandardSave(state), force=True, custom_metadata=meta)
     mgr.wait_until_finished()
+
+
+def edited_keys(run_dir: str | Path, cfg: Config) -> list[str]:
+    """The settings in which ``cfg`` (the run dir's ``config.yaml``) differs from the config the
+    latest checkpoint was saved with, the budget ``train.t_max`` aside (a new budget is written
+    to ``config.yaml`` before the next checkpoint). Empty for checkpoints saved without one."""
+    step = latest_step(run_dir)
+    if step is None:
+        return []
+    try:
+        saved = (manager(run_dir).metadata(step).custom_metadata or {}).get("config")
+        trained = from_dict(saved) if isinstance(saved, dict) else None
+    except (ConfigError, OSError, ValueError, AttributeError):  # another version's keys, a damaged file
+        return []
+    if trained is None:
+        return []
+    return [k for k in differing_keys(trained, cfg) if k != "train.t_max"]
 
 
 def latest_step(run_dir: str | Path) -> int | None:

@@ -250,6 +250,13 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return _build(Config, data, "").validate()
 
 
+def differing_keys(a: Config, b: Config) -> list[str]:
+    """The ``section.key`` names whose values differ between two configs (in ``b``'s order)."""
+    da = a.to_dict()
+    return [f"{sec}.{k}" for sec, d in b.to_dict().items() if isinstance(d, dict)
+            for k in d if da.get(sec, {}).get(k) != d[k]]
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.t_max=1000", "model.mixer=vdn"]`` -> nested dict; values parsed as YAML scalars."""
     out: dict[str, Any] = {}

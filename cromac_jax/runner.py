@@ -27,7 +27,7 @@ import numpy as np
 
 from cromac_jax import attacks, checkpoint, stopping, tensorboard
 from cromac_jax.checkpoint import read_config, write_config
-from cromac_jax.config import Config, ConfigError
+from cromac_jax.config import Config, ConfigError, differing_keys
 from cromac_jax.distributed import DistributedError
 from cromac_jax.train import Trainer, make_train, seed_keys
 
@@ -324,10 +324,12 @@ def _train(
     runner = SeedRunner(cfg)
     if resume:
         saved = read_config(run_dir)
-        diff = [
-            f"{sec}.{k}" for sec, d in cfg.to_dict().items() if isinstance(d, dict)
-            for k in d if saved.to_dict()[sec].get(k) != d[k]
-        ]
+        edited = checkpoint.edited_keys(run_dir, saved)
+        if edited:
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: its config.yaml was edited after its latest checkpoint "
+                              f"was saved ({', '.join(edited)}); a run resumes with the settings it trained with: undo "
+                              "the edit, or start a new run (--t-max alone sets a new budget)")
+        diff = differing_keys(saved, cfg)
         if diff and not (new_budget and diff == ["train.t_max"]):
             raise ConfigError(f"cannot resume {str(run_dir)!r}: config differs from the saved one in {', '.join(diff)}"
                               + (" (only train.t_max may change)" if new_budget else ""))
@@ -417,7 +419,7 @@ def _train(
             out_of_chunks = max_chunks is not None and chunks >= max_chunks
             if step >= next_ckpt or out_of_chunks or stop.requested:
                 with stop.saving():
-                    checkpoint.save(mgr, step, state)
+                    checkpoint.save(mgr, step, state, cfg)
                 next_ckpt = (step // t.checkpoint_interval + 1) * t.checkpoint_interval
             if stop.requested:
                 line = (f"stopped by {stop.signal_name} at {step:,} env steps; checkpoint saved in "
@@ -429,7 +431,7 @@ def _train(
     tests = runner.tests(state, int(np.min(t_env)))
     last_test = _test_summary(tests)
     sink.write({"kind": "test", "t_env": t_env.tolist(), **last_test})
-    checkpoint.save(mgr, int(np.min(t_env)), state)
+    checkpoint.save(mgr, int(np.min(t_env)), state, cfg)
 
     def pm(key: str, fmt: str) -> str:
         return f"{np.mean(last_test[key]):{fmt}} ± {np.std(last_test[key]):{fmt}}"

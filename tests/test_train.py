@@ -204,6 +204,15 @@ def test_a_finished_run_trained_on_to_a_new_budget_matches_one_trained_to_it(tmp
     with pytest.raises(C.ConfigError, match=r"differs from the saved one in train.t_max, train.lr \(only train.t_max"):
         runner.train(C.replace(cfg, train={"t_max": 900, "lr": 0.1}), run_dir=short, resume=True, out=None, new_budget=True)
     assert (short / "metrics.jsonl").read_text() == before and checkpoint.read_config(short) == cfg
+    # a hand edit of config.yaml (here the learning rate) is told from the config the checkpoint was saved with
+    edited = yaml.safe_load((short / "config.yaml").read_text())
+    edited["train"]["lr"] = 0.1
+    (short / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    steps = checkpoint.all_steps(short)
+    assert cli.main(["train", "--resume", str(short)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.yaml was edited after its latest checkpoint was saved (train.lr)" in err[0], err
+    assert checkpoint.all_steps(short) == steps and (short / "metrics.jsonl").read_text() == before
 
 
 def _check_tensorboard_events(run_dir, lines):

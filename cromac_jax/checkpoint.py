@@ -11,6 +11,7 @@ checkpoint from another env/method/seed count is refused before any array is rea
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from cromac_jax.config import Config, ConfigError, differing_keys, from_dict, read_yaml_mapping
+from cromac_jax.config import Config, ConfigError, from_dict, read_yaml_mapping
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -28,7 +29,11 @@ class CheckpointError(ValueError):
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``config.yaml`` whole or not at all (a resumed run rewrites it with a new budget: a
+    stop mid-write must not leave a truncated file that still parses)."""
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, run_dir / "config.yaml")
 
 
 def read_config(run_dir: str | Path) -> Config:
@@ -68,21 +73,18 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, cfg: Config | None =
     mgr.wait_until_finished()
 
 
-def edited_keys(run_dir: str | Path, cfg: Config) -> list[str]:
-    """The settings in which ``cfg`` (the run dir's ``config.yaml``) differs from the config the
-    latest checkpoint was saved with, the budget ``train.t_max`` aside (a new budget is written
-    to ``config.yaml`` before the next checkpoint). Empty for checkpoints saved without one."""
+def trained_config(run_dir: str | Path) -> Config | None:
+    """The config the latest checkpoint was saved with (its step metadata), to tell a hand edit of
+    ``config.yaml`` from the settings the run trained with. None without a checkpoint, or for one
+    saved before checkpoints carried their config (or by another version, whose keys differ)."""
     step = latest_step(run_dir)
     if step is None:
-        return []
+        return None
     try:
         saved = (manager(run_dir).metadata(step).custom_metadata or {}).get("config")
-        trained = from_dict(saved) if isinstance(saved, dict) else None
-    except (ConfigError, OSError, ValueError, AttributeError):  # another version's keys, a damaged file
-        return []
-    if trained is None:
-        return []
-    return [k for k in differing_keys(trained, cfg) if k != "train.t_max"]
+        return from_dict(saved) if isinstance(saved, dict) else None
+    except (ConfigError, OSError, ValueError, AttributeError):
+        return None
 
 
 def latest_step(run_dir: str | Path) -> int | None:

@@ -126,7 +126,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _host_devices(args, args.seeds, processes_here=max(1, here))
     from cromac_jax import sweep
 
-    sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count))
+    sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count),
+                extend=any(o.replace(" ", "").startswith("train.t_max=") for o in extra))  # a budget the user gave
     return 0
 
 

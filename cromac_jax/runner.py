@@ -324,7 +324,8 @@ def _train(
     runner = SeedRunner(cfg)
     if resume:
         saved = read_config(run_dir)
-        edited = checkpoint.edited_keys(run_dir, saved)
+        trained = checkpoint.trained_config(run_dir)
+        edited = [k for k in differing_keys(trained, saved) if k != "train.t_max"] if trained is not None else []
         if edited:
             raise ConfigError(f"cannot resume {str(run_dir)!r}: its config.yaml was edited after its latest checkpoint "
                               f"was saved ({', '.join(edited)}); a run resumes with the settings it trained with: undo "
@@ -333,16 +334,21 @@ def _train(
         if diff and not (new_budget and diff == ["train.t_max"]):
             raise ConfigError(f"cannot resume {str(run_dir)!r}: config differs from the saved one in {', '.join(diff)}"
                               + (" (only train.t_max may change)" if new_budget else ""))
+        # a checkpoint's step is its slowest seed's env step: a budget at or under it would train nothing
+        before, latest = (trained or saved).train.t_max, checkpoint.latest_step(run_dir)
+        if latest is not None and t.t_max != before and t.t_max <= latest:
+            raise ConfigError(f"cannot give {str(run_dir)!r} t_max {t.t_max:,}: its latest checkpoint has every seed at "
+                              f"{latest:,} env steps or more; a new budget must be larger")
         step, state = checkpoint.restore(run_dir, runner.abstract_state())
+        if step >= t.t_max:  # training on would add nothing but a second final test record
+            _log(out, f"{run_dir} is already trained to its t_max {t.t_max:,} (checkpoint at {step:,} env steps); "
+                      "nothing to do (--t-max N trains it on)")
+            return RunResult(run_dir, to_host(state.t_env), {}, 0, time.time() - start)
         _log(out, f"resumed {run_dir} from checkpoint at {step} env steps")
-        if diff:
-            reached = int(to_host(state.t_env).min())
-            if t.t_max <= reached:
-                raise ConfigError(f"cannot give {str(run_dir)!r} t_max {t.t_max:,}: its checkpoint at {step:,} env steps "
-                                  f"has every seed at {reached:,} or more; pass a larger t_max")
-            if primary:  # the run dir's config is the run's record: from here on it trains to the new budget
+        if t.t_max != before:
+            if primary and diff:  # the run dir's config is the run's record: from here on it trains to the new budget
                 write_config(run_dir, cfg)
-            _log(out, f"budget of {run_dir}: t_max {saved.train.t_max:,} -> {t.t_max:,} env steps per seed")
+            _log(out, f"budget of {run_dir}: t_max {before:,} -> {t.t_max:,} env steps per seed")
     else:
         if run_dir.exists() and checkpoint.all_steps(run_dir):
             raise ConfigError(f"run directory {str(run_dir)!r} already holds checkpoints; pass --resume or choose another")

@@ -157,8 +157,12 @@ def sweep(
     overrides: list[str] | None = None,
     share: tuple[int | None, int] = (0, 1),
     out: TextIO | None | str = "stdout",
+    extend: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train this process's share of the sweep, then write the summary of every finished run."""
+    """Train this process's share of the sweep, then write the summary of every finished run.
+    ``extend`` (the user gave ``--t-max``): a started run whose saved budget is smaller trains on to
+    the sweep's; without it, or for a smaller budget, a changed ``t_max`` is refused like any other
+    change (a rerun that forgot ``--t-max`` must not extend every run to the env's official budget)."""
     from cromac_jax import runner  # here, not at the top: importing it starts a JAX backend (jaxmarl)
 
     out_dir = Path(out_dir)
@@ -174,8 +178,8 @@ def sweep(
                 continue
             resume = bool(checkpoint.all_steps(run_dir))
             _log(out, f"[{i}/{len(mine)}] {r.name}: {'resuming' if resume else 'starting'}")
-            # a sweep run again with a larger --t-max trains its runs on to it (nothing else may change)
-            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, restart=not resume, new_budget=resume)
+            longer = resume and extend and cfg.train.t_max > checkpoint.read_config(run_dir).train.t_max
+            runner.train(cfg, run_dir=run_dir, resume=resume, out=out, restart=not resume, new_budget=longer)
     return summarise(out_dir, runs, out)
 
 

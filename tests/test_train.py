@@ -177,42 +177,68 @@ def test_sigterm_stops_at_a_chunk_boundary_with_a_checkpoint_and_resume_matches(
     assert leaves_equal(a.params, b.params) and leaves_equal(a.buffer, b.buffer)
 
 
+def _test_steps(run_dir):
+    return [ln["t_env"] for ln in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if ln["kind"] == "test"]
+
+
 @pytest.mark.timeout(600)
 def test_a_finished_run_trained_on_to_a_new_budget_matches_one_trained_to_it(tmp_path, uninterrupted, capsys):
     """``cromac train --resume RUN --t-max N``: the budget only says when each seed stops, so a run
-    trained to 300 and then on to 500 is the run trained to 500 from the start."""
+    trained to 250 and then on to 500 is the run trained to 500 from the start."""
     cfg, root, full = uninterrupted
     short = tmp_path / "short"
-    runner.train(C.replace(cfg, train={"t_max": 300}), run_dir=short, out=None)
+    runner.train(C.replace(cfg, train={"t_max": 250}), run_dir=short, out=None)
+    first = _test_steps(short)
     assert cli.main(["train", "--resume", str(short), "--t-max", str(cfg.train.t_max)]) == 0
-    assert "t_max 300 -> 500 env steps per seed" in capsys.readouterr().out
+    assert "t_max 250 -> 500 env steps per seed" in capsys.readouterr().out
     assert checkpoint.read_config(short) == cfg  # the run dir's config now says what it was trained to
     sr = runner.SeedRunner(cfg)
     _, a = checkpoint.restore(root / "full", sr.abstract_state())
     _, b = checkpoint.restore(short, sr.abstract_state())
     assert np.array_equal(np.asarray(a.t_env), np.asarray(b.t_env)) and np.all(np.asarray(b.t_env) >= 500)
     assert leaves_equal(a.params, b.params) and leaves_equal(a.buffer, b.buffer)
-    tests = [[ln["t_env"] for ln in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if ln["kind"] == "test"]
-             for d in (root / "full", short)]
-    assert tests[0] == tests[1]
+    # its records keep the test at the old budget's end; the final test is the uninterrupted run's
+    tests, full_tests = _test_steps(short), _test_steps(root / "full")
+    assert tests[:len(first)] == first and first[-1][0] < 300 and first[-1] not in full_tests
+    assert tests[-1] == full_tests[-1] and len(tests) == len(full_tests) + 1
     assert (short / "summary.txt").read_text() == (root / "full" / "summary.txt").read_text()
-    # a budget the run has already used, or any other setting, is refused in one line, nothing written
+    # trained to its budget, a plain resume has nothing to do and writes nothing
     before = (short / "metrics.jsonl").read_text()
+    assert cli.main(["train", "--resume", str(short)]) == 0
+    assert "already trained to its t_max 500" in capsys.readouterr().out
+    # a budget the run has already used (given, or edited into config.yaml), or any other setting, is
+    # refused in one line before anything is restored or written
     assert cli.main(["train", "--resume", str(short), "--t-max", "400"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot give" in err[0] and "t_max 400" in err[0] and "pass a larger t_max" in err[0], err
+    assert len(err) == 1 and "cannot give" in err[0] and "t_max 400" in err[0] and "must be larger" in err[0], err
     with pytest.raises(C.ConfigError, match=r"differs from the saved one in train.t_max, train.lr \(only train.t_max"):
         runner.train(C.replace(cfg, train={"t_max": 900, "lr": 0.1}), run_dir=short, resume=True, out=None, new_budget=True)
     assert (short / "metrics.jsonl").read_text() == before and checkpoint.read_config(short) == cfg
-    # a hand edit of config.yaml (here the learning rate) is told from the config the checkpoint was saved with
-    edited = yaml.safe_load((short / "config.yaml").read_text())
-    edited["train"]["lr"] = 0.1
-    (short / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     steps = checkpoint.all_steps(short)
-    assert cli.main(["train", "--resume", str(short)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "config.yaml was edited after its latest checkpoint was saved (train.lr)" in err[0], err
-    assert checkpoint.all_steps(short) == steps and (short / "metrics.jsonl").read_text() == before
+    for key, value, needle in (("t_max", 400, "cannot give"), ("lr", 0.1, "config.yaml was edited after its latest "
+                                                                         "checkpoint was saved (train.lr)")):
+        edited = cfg.to_dict()
+        edited["train"][key] = value
+        (short / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        assert cli.main(["train", "--resume", str(short)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert checkpoint.all_steps(short) == steps and (short / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.timeout(600)
+def test_a_new_budget_with_several_seeds_ends_where_the_longer_run_does(tmp_path):
+    """Seeds reach a budget at different times (the early ones wait, left out of the chunk): trained
+    on, each seed still ends where it would have, to the float rounding of batch trimming."""
+    cfg = tiny(num_seeds=2, t_max=400, slot_buckets=2)
+    runner.train(cfg, run_dir=tmp_path / "full", out=None)
+    runner.train(C.replace(cfg, train={"t_max": 170}), run_dir=tmp_path / "short", out=None)
+    runner.train(cfg, run_dir=tmp_path / "short", resume=True, out=None, new_budget=True)
+    sr = runner.SeedRunner(cfg)
+    (_, a), (_, b) = (checkpoint.restore(tmp_path / d, sr.abstract_state()) for d in ("full", "short"))
+    assert np.array_equal(np.asarray(a.t_env), np.asarray(b.t_env)) and np.array_equal(a.updates, b.updates)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
 def _check_tensorboard_events(run_dir, lines):
@@ -384,6 +410,13 @@ def test_sweep_trains_each_combination_is_resumable_and_summarises(tmp_path, cap
     assert out.count("t_max 60 -> 90 env steps per seed") == 2
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["t_env"] >= 90 and r["t_max"] == 90 for r in rows)
+    # a rerun without a budget of its own (here: the smaller one of base) extends nothing
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.count("already finished, skipped") == 2
+    assert all(checkpoint.read_config(tmp_path / r["run"]).train.t_max == 90 for r in rows)
+    # ... and one that forgot its budget (the env's official 2.05M) is refused, not trained on for hours
+    assert cli.main([a for a in argv if a != "train.t_max=60"]) == 2
+    assert "config differs from the saved one in train.t_max" in capsys.readouterr().err
     assert cli.main(argv + ["train.lr=0.1", "--t-max", "120"]) == 2
     assert "config differs from the saved one in train.t_max, train.lr (only train.t_max may change)" in capsys.readouterr().err
 

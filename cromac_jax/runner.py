@@ -345,10 +345,6 @@ def _train(
                       "nothing to do (--t-max N trains it on)")
             return RunResult(run_dir, to_host(state.t_env), {}, 0, time.time() - start)
         _log(out, f"resumed {run_dir} from checkpoint at {step} env steps")
-        if t.t_max != before:
-            if primary and diff:  # the run dir's config is the run's record: from here on it trains to the new budget
-                write_config(run_dir, cfg)
-            _log(out, f"budget of {run_dir}: t_max {before:,} -> {t.t_max:,} env steps per seed")
     else:
         if run_dir.exists() and checkpoint.all_steps(run_dir):
             raise ConfigError(f"run directory {str(run_dir)!r} already holds checkpoints; pass --resume or choose another")
@@ -369,6 +365,10 @@ def _train(
     mgr = checkpoint.manager(run_dir)
     t_env = to_host(state.t_env)
     sink = _MetricsSink(run_dir, primary, cfg.train.tensorboard, t_env if resume else None)
+    if resume and t.t_max != before:  # once the run's records are known good, so a refusal changes nothing
+        if primary and diff:  # the run dir's config is the run's record: from here on it trains to the new budget
+            write_config(run_dir, cfg)
+        _log(out, f"budget of {run_dir}: t_max {before:,} -> {t.t_max:,} env steps per seed")
     next_test = (int(t_env.min()) // t.test_interval + 1) * t.test_interval if resume else 0
     next_ckpt = (int(t_env.min()) // t.checkpoint_interval + 1) * t.checkpoint_interval
     last_test: dict[str, Any] = {}

@@ -328,8 +328,10 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
     assert "training cromac" in out and "done in" in out
     summary = (tmp_path / "r" / "summary.txt").read_text()
     assert summary.startswith("cromac on hallway_3x3x4x4, 1 seed(s)") and "under FGSM" in summary
-    assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 0  # already finished: nothing lost
-    assert "resumed" in capsys.readouterr().out
+    metrics = (tmp_path / "r" / "metrics.jsonl").read_text()
+    assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 0  # already finished: nothing lost, nothing added
+    assert "already trained to its t_max 200" in capsys.readouterr().out
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == metrics
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["cromac"]["kappa"] == 10.0
     # a run dir holding a run's config and metrics but no checkpoint yet is neither overwritten nor appended to
     other = tmp_path / "other"
@@ -339,7 +341,8 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
     kept = {p.name: p.read_bytes() for p in other.iterdir()}
     for argv, needle in [
         (["train", "--run-dir", str(other), "--t-max", "100"], "already holds a run (config.yaml, metrics.jsonl; no checkpoint yet)"),
-        (["train", "--resume", str(tmp_path / "r"), "--t-max", "5", "train.lr=0.1"], "--t-max, overrides cannot change it"),
+        (["train", "--resume", str(tmp_path / "r"), "--t-max", "5", "train.lr=0.1"],
+         "config saved in it; overrides cannot change it (start a new run for other settings; --t-max alone"),
         (["train", "train.t_maxx=1"], "unknown config key 'train.t_maxx' (did you mean train.t_max?)"),
         (["train", "train.t_max=abc"], "train.t_max='abc' has the wrong type"),
         (["train", "--env", "hallway_5"], "unknown environment 'hallway_5'"),
@@ -356,10 +359,11 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
     metrics = tmp_path / "r" / "metrics.jsonl"
     damaged = metrics.read_text() + "{garbage\n"
     metrics.write_text(damaged)
-    assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 2
+    config = (tmp_path / "r" / "config.yaml").read_text()
+    assert cli.main(["train", "--resume", str(tmp_path / "r"), "--t-max", "300"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"line {damaged.count(chr(10))} is not a JSON record" in err[0], err
-    assert metrics.read_text() == damaged
+    assert metrics.read_text() == damaged and (tmp_path / "r" / "config.yaml").read_text() == config
 
 
 def test_env_presets_defaults_match_configs_dir():

@@ -73,11 +73,11 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, cfg: Config | None =
     mgr.wait_until_finished()
 
 
-def trained_config(run_dir: str | Path) -> Config | None:
-    """The config the latest checkpoint was saved with (its step metadata), to tell a hand edit of
-    ``config.yaml`` from the settings the run trained with. None without a checkpoint, or for one
-    saved before checkpoints carried their config (or by another version, whose keys differ)."""
-    step = latest_step(run_dir)
+def trained_config(run_dir: str | Path, step: int | None) -> Config | None:
+    """The config checkpoint ``step`` (the latest: ``latest_step``) was saved with (its step
+    metadata), to tell a hand edit of ``config.yaml`` from the settings the run trained with. None
+    without a checkpoint, or for one saved before checkpoints carried their config (or by another
+    version, whose keys differ)."""
     if step is None:
         return None
     try:

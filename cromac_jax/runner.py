@@ -324,7 +324,8 @@ def _train(
     runner = SeedRunner(cfg)
     if resume:
         saved = read_config(run_dir)
-        trained = checkpoint.trained_config(run_dir)
+        latest = checkpoint.latest_step(run_dir)
+        trained = checkpoint.trained_config(run_dir, latest)
         edited = [k for k in differing_keys(trained, saved) if k != "train.t_max"] if trained is not None else []
         if edited:
             raise ConfigError(f"cannot resume {str(run_dir)!r}: its config.yaml was edited after its latest checkpoint "
@@ -335,7 +336,7 @@ def _train(
             raise ConfigError(f"cannot resume {str(run_dir)!r}: config differs from the saved one in {', '.join(diff)}"
                               + (" (only train.t_max may change)" if new_budget else ""))
         # a checkpoint's step is its slowest seed's env step: a budget at or under it would train nothing
-        before, latest = (trained or saved).train.t_max, checkpoint.latest_step(run_dir)
+        before = (trained or saved).train.t_max
         if latest is not None and t.t_max != before and t.t_max <= latest:
             raise ConfigError(f"cannot give {str(run_dir)!r} t_max {t.t_max:,}: its latest checkpoint has every seed at "
                               f"{latest:,} env steps or more; a new budget must be larger")

@@ -124,10 +124,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise SystemExit(f"cromac sweep: {e}") from None
         here = count  # where the processes run is not known: assume all on this host
     _host_devices(args, args.seeds, processes_here=max(1, here))
-    from cromac_jax import sweep
+    from cromac_jax import config, sweep
 
     sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count),
-                extend=any(o.replace(" ", "").startswith("train.t_max=") for o in extra))  # a budget the user gave
+                extend="t_max" in config.parse_overrides(extra).get("train", {}))  # a budget the user gave
     return 0
 
 

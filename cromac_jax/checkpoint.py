@@ -19,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from cromac_jax.config import Config, ConfigError, from_dict, read_yaml_mapping
+from cromac_jax.config import Config, ConfigError, from_saved, read_yaml_mapping
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -44,7 +44,7 @@ def read_config(run_dir: str | Path) -> Config:
         raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
     data = read_yaml_mapping(path, "run config", CheckpointError)
     try:
-        return from_dict(data)
+        return from_saved(data)
     except ConfigError as e:
         raise ConfigError(f"{str(path)!r}: {e}") from None
 
@@ -82,7 +82,7 @@ def trained_config(run_dir: str | Path, step: int | None) -> Config | None:
         return None
     try:
         saved = (manager(run_dir).metadata(step).custom_metadata or {}).get("config")
-        return from_dict(saved) if isinstance(saved, dict) else None
+        return from_saved(saved) if isinstance(saved, dict) else None
     except (ConfigError, OSError, ValueError, AttributeError):
         return None
 

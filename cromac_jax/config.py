@@ -16,7 +16,7 @@ import difflib
 import math
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,10 +57,16 @@ class ModelConfig:
 
 
 CLAMP_LAYERS = ("all", "first")
+LOSS_REDUCTIONS = ("official", "episode_limit")
 
 #: Seeds become 32-bit PRNG keys (jax without x64 keeps the low 32 bits, so seeds 2**32 apart would
 #: silently train the same run); runs add offsets of about 10**6 for their test and eval keys.
 SEED_LIMIT = 2**31
+#: Env-step counts are int32 on device (jax without x64) and a run overshoots its budget by up to
+#: one chunk, so budgets and the points in a run they schedule stay well inside int32.
+STEP_LIMIT = 2**30
+_STEP_KEYS = ("train.t_max", "train.epsilon_anneal_time", "train.test_interval", "train.checkpoint_interval",
+              "cromac.robust_start", "cromac.clamp_start")
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,15 @@ class CromacConfig:
     #: code, HYPERPARAMS.md) or only the "first" layer's weight, the W acting on the message in the
     #: paper's eq. 12 ("only W bounded", section 4.2). An experiment knob for the same collapse.
     clamp_layers: str = "all"
+    #: how the per-slot VAE, PoE and robust losses become one number each. "official" (the official
+    #: code): summed over the batch's filled slots and divided by batch size x the longest episode's
+    #: filled slots (pymarl's max_seq_length once a sampled batch is truncated to max_t_filled), the
+    #: robust loss averaged over agents. "episode_limit": divided by batch size x (episode_limit + 1)
+    #: and the robust loss summed over agents: what cromac-jax did before 2026-11-29, so what the
+    #: recorded Table-1 runs trained with. Late in a run, when episodes are short, "official" weighs
+    #: the VAE and PoE losses up to (episode_limit + 1) / longest episode times more, and the robust
+    #: loss that over n_agents.
+    loss_reduction: str = "official"
 
 
 @dataclass(frozen=True)
@@ -150,12 +165,22 @@ def _validate(cfg: Config) -> None:
         _check(getattr(c, name) >= 0, f"cromac.{name}", getattr(c, name), "must be >= 0")
     _check(c.robust_start >= 0, "cromac.robust_start", c.robust_start, "must be >= 0")
     _check(c.clamp_layers in CLAMP_LAYERS, "cromac.clamp_layers", c.clamp_layers, f"choose one of {', '.join(CLAMP_LAYERS)}")
+    _check(c.loss_reduction in LOSS_REDUCTIONS, "cromac.loss_reduction", c.loss_reduction, f"choose one of {', '.join(LOSS_REDUCTIONS)}")
     _check(c.clamp_start >= -1, "cromac.clamp_start", c.clamp_start, "must be >= 0, or -1 for 'at robust_start'")
     for name in ("num_seeds", "t_max", "num_envs", "batch_size", "buffer_size", "target_update_interval", "test_interval", "checkpoint_interval", "slot_buckets"):
         _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
     for name in ("updates_per_iteration", "chunk_iterations", "test_nepisode", "epsilon_anneal_time", "learning_starts", "seed"):
         _check(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "must be >= 0")
     _check(t.seed < SEED_LIMIT, "train.seed", t.seed, f"must be < 2**31 ({SEED_LIMIT})")
+    for path in _STEP_KEYS:
+        sec, name = path.split(".")
+        value = getattr(getattr(cfg, sec), name)
+        _check(value < STEP_LIMIT, path, value, f"must be < 2**30 ({STEP_LIMIT:,}): env steps are counted in int32")
+    for sec in (m, t):  # sizes and counts become int32 arrays or shapes on device
+        for f in fields(sec):
+            value = getattr(sec, f.name)
+            if type(value) is int:
+                _check(value < SEED_LIMIT, f"{'model' if sec is m else 'train'}.{f.name}", value, "must be < 2**31")
     _check(t.batch_size <= t.buffer_size, "train.batch_size", t.batch_size, f"must be <= train.buffer_size ({t.buffer_size})")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0")
@@ -248,6 +273,34 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     return _build(Config, data, "").validate()
+
+
+#: Keys added to saved configs after runs existed, with what a run saved without them trained with
+#: (not today's default): resuming, evaluating or plotting such a run must not change its settings.
+_SAVED_BEFORE = {"cromac": {"loss_reduction": "episode_limit"}}
+
+
+def from_saved(data: Mapping[str, Any]) -> Config:
+    """A config a run saved (its ``config.yaml``, a checkpoint's metadata), keys it predates read
+    as that run trained with them (``_SAVED_BEFORE``)."""
+    data = dict(data)
+    for sec, keys in _SAVED_BEFORE.items():
+        saved = data.get(sec, {})
+        if isinstance(saved, Mapping):
+            data[sec] = {**{k: v for k, v in keys.items() if k not in saved}, **saved}
+    return from_dict(data)
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """Refuse, before anything runs, a directory to write into that cannot be one: it, or a
+    directory above it, is a file (else the refusal is a traceback after training has started)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ConfigError(f"{what} {str(path)!r} cannot be a directory: {str(q)!r} is a file")
+            break
+    return p
 
 
 def differing_keys(a: Config, b: Config) -> list[str]:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from cromac_jax.config import CLAMP_LAYERS
+from cromac_jax.config import CLAMP_LAYERS, LOSS_REDUCTIONS
 from cromac_jax.networks import CromacModel, Params, draw_for_slots, masked_argmax
 
 
@@ -70,6 +70,7 @@ class LossWeights(NamedTuple):
     robust: float
     radius: float  # kappa * eps
     standardise_rewards: bool
+    reduction: str = "official"  # cromac.loss_reduction
 
 
 class LossAux(NamedTuple):
@@ -158,7 +159,7 @@ def poe_distillation_loss(model: CromacModel, params: Params, h: jax.Array, st_m
 def robust_overlap_loss(
     model: CromacModel, params: Params, h: jax.Array, z_mean: jax.Array, actions: jax.Array, avail: jax.Array, radius
 ) -> jax.Array:
-    """Paper eqs. 14-15 per slot [B, T1]: sum over agents and available actions y of
+    """Paper eqs. 14-15 per slot and agent [B, T1, N]: sum over available actions y of
     max(0, Q(a) - Q(y)) (detached) * max(0, upper Q(y) - lower Q(a)), with the bounds taken by
     IBP over an l-inf ball of ``radius`` = kappa*eps around (z_st mean, h_i).
 
@@ -172,7 +173,7 @@ def robust_overlap_loss(
     low_a = jnp.take_along_axis(bounds.lower, actions[..., None], axis=-1)
     overlap = jnp.maximum(0.0, bounds.upper - low_a)
     per_action = q_diff * overlap * avail.astype(overlap.dtype)
-    return jnp.sum(per_action, axis=(-1, -2))
+    return jnp.sum(per_action, axis=-1)
 
 
 def loss_fn(
@@ -189,14 +190,22 @@ def loss_fn(
     """The total loss of eq. 17 and its parts, for one batch of episodes.
 
     ``slots``: the episode's full slot count (episode_limit + 1) when ``batch`` was trimmed to
-    fewer (``trim_slots``); the slot-mean losses keep the official normaliser B * T1 and the
-    random draws are those of the full batch, so the result equals the untrimmed loss."""
+    fewer (``trim_slots``); the random draws are those of the full batch and the normalisers
+    (``w.reduction``) do not depend on the trim, so the result equals the untrimmed loss."""
     method = model.method
     k_online, k_target, k_vae, k_tvae = jax.random.split(key, 4)
     B, T = batch.reward.shape
     T1 = T if slots is None else slots
     filled = batch.filled.astype(jnp.float32)
     mask = jnp.concatenate([filled[:, 1:], jnp.zeros((B, 1))], axis=1)  # transition t valid
+    if w.reduction == "official":  # pymarl's max_seq_length of the batch truncated to max_t_filled
+        per_slot = B * jnp.maximum(jnp.max(jnp.sum(filled, axis=1)), 1.0)
+        over_agents = jnp.mean
+    elif w.reduction == "episode_limit":
+        per_slot = B * T1
+        over_agents = jnp.sum
+    else:
+        raise ValueError(f"unknown loss reduction {w.reduction!r}: choose one of {', '.join(LOSS_REDUCTIONS)}")
     h = unroll(model, params, batch.obs)
     h_tgt = jax.lax.stop_gradient(unroll(model, target_params, batch.obs))
 
@@ -205,14 +214,14 @@ def loss_fn(
     z = z_tgt = None
     if method.state_vae:
         vae_per, z, st_mean, st_logvar = state_vae_loss(model, params, batch.state, k_vae, T1)
-        vae_l = jnp.sum(vae_per * filled) / (B * T1)
+        vae_l = jnp.sum(vae_per * filled) / per_slot
         t_mean, t_logvar = model.encode_state(target_params, batch.state)  # no decoder needed
         z_tgt = jax.lax.stop_gradient(t_mean + jnp.exp(0.5 * t_logvar) * slot_noise(k_tvae, t_mean.shape, T1))
         if method.messages == "poe":
-            poe_l = jnp.sum(poe_distillation_loss(model, params, h, st_mean, st_logvar) * filled) / (B * T1)
+            poe_l = jnp.sum(poe_distillation_loss(model, params, h, st_mean, st_logvar) * filled) / per_slot
         if method.robust:
             rob = robust_overlap_loss(model, params, h, st_mean, batch.actions, batch.avail, w.radius)
-            rob_l = jnp.sum(rob * mask) / (B * T1)
+            rob_l = jnp.sum(over_agents(rob, axis=-1) * mask) / per_slot
 
     q = model.q_train(params, h, z, k_online, slots=T1)  # [B, T, N, A]
     q_tgt = jax.lax.stop_gradient(model.q_train(target_params, h_tgt, z_tgt, k_target, slots=T1))
@@ -224,8 +233,12 @@ def loss_fn(
 
     n_act = model.n_actions
     q_tot = model.mix(params, q_taken[:, :-1], batch.state[:, :-1], jax.nn.one_hot(batch.actions[:, :-1], n_act), q_max_online[:, :-1])
+    # QPLEX's target advantage (pymarl's DMAQ learner): the target net's value at the online greedy
+    # action against the target net's own best; QMIX and VDN ignore it
+    q_max_tgt = jnp.max(jnp.where(batch.avail, q_tgt, -jnp.inf), axis=-1)
+    q_max_tgt = jnp.where(jnp.isfinite(q_max_tgt), q_max_tgt, q_tgt_at)
     q_tot_tgt = model.mix(
-        target_params, q_tgt_at[:, 1:], batch.state[:, 1:], jax.nn.one_hot(greedy_online[:, 1:], n_act), q_tgt_at[:, 1:]
+        target_params, q_tgt_at[:, 1:], batch.state[:, 1:], jax.nn.one_hot(greedy_online[:, 1:], n_act), q_max_tgt[:, 1:]
     )
     reward = batch.reward[:, :-1]
     if w.standardise_rewards:
@@ -274,4 +287,5 @@ def weights_from_config(cfg: Any) -> LossWeights:
         robust=c.robust_weight,
         radius=c.kappa * c.eps,
         standardise_rewards=t.standardise_rewards,
+        reduction=c.loss_reduction,
     )

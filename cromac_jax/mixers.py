@@ -9,6 +9,7 @@ the learner treat the mixer as a config choice; VDN and QMIX ignore what they do
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cromac_jax.config import MIXERS, ConfigError
@@ -59,7 +60,9 @@ class QPLEXMixer(nn.Module):
     value is Q_tot = sum_i Q'_i + sum_i (lambda_i(s, a) - 1) A'_i, with positive attention
     weights lambda_i = sum_k |key_k(s)| sigmoid(agent_k(s))_i sigmoid(action_k(s, a))_i over
     ``heads`` heads. Since A'_i <= 0 with equality at the greedy action, the greedy joint
-    action maximises Q_tot (the IGM property QPLEX is built for).
+    action maximises Q_tot (the IGM property QPLEX is built for). As in pymarl's DMAQ mixer, the
+    advantages are detached: the TD error reaches the utilities through sum_i Q'_i alone and trains
+    the attention weights through the advantage term.
     """
 
     n_agents: int
@@ -76,7 +79,7 @@ class QPLEXMixer(nn.Module):
         b = torch_dense(n, "hyper_b_1")(nn.relu(b)) / n
         q_t = w * q + b
         v_t = w * q_max + b
-        adv = q_t - v_t
+        adv = jax.lax.stop_gradient(q_t - v_t)
         flat_a = actions_onehot.reshape(actions_onehot.shape[:-2] + (-1,))
         sa = jnp.concatenate([state, flat_a], axis=-1)
         lam = 0.0

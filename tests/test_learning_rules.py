@@ -85,6 +85,29 @@ def test_td_loss_is_the_double_q_target_with_terminal_and_padding_masks():
     np.testing.assert_allclose(float(loss), num / den, rtol=1e-5)  # no other term for qmix
 
 
+def test_qplex_target_weighs_the_target_nets_value_at_the_online_greedy_action_against_its_own_best():
+    """pymarl's DMAQ learner: Q_tot' = mixer(Q'(s', a*), s', a*, max_a Q'(s', a)) with a* the online
+    net's greedy action, so the target's advantage is not zero where the two nets disagree."""
+    m = _model("qmix", "qplex")
+    p, tp = m.init(jax.random.PRNGKey(0)), m.init(jax.random.PRNGKey(1))
+    batch = _batch(jax.random.PRNGKey(2))
+    _, aux = L.loss_fn(m, p, tp, batch, L.RewardStats.create(), jnp.array(False), jax.random.PRNGKey(3), _weights())
+    q = m.q_train(p, L.unroll(m, p, batch.obs))
+    qt = m.q_train(tp, L.unroll(m, tp, batch.obs))
+    greedy = L.masked_argmax(q, batch.avail)
+    at = jnp.take_along_axis(qt, greedy[..., None], axis=-1)[..., 0]
+    best = jnp.max(jnp.where(batch.avail, qt, -jnp.inf), axis=-1)
+    assert bool(jnp.any(best > at + 1e-3))  # the nets disagree somewhere
+    n_act = DIMS.n_actions
+    q_tot = m.mix(p, jnp.take_along_axis(q, batch.actions[..., None], axis=-1)[..., 0][:, :-1], batch.state[:, :-1],
+                  jax.nn.one_hot(batch.actions[:, :-1], n_act), jnp.max(jnp.where(batch.avail, q, -jnp.inf), -1)[:, :-1])
+    y = batch.reward[:, :-1] + 0.9 * (1.0 - batch.terminated[:, :-1]) * m.mix(
+        tp, at[:, 1:], batch.state[:, 1:], jax.nn.one_hot(greedy[:, 1:], n_act), best[:, 1:])
+    mask = np.asarray(batch.filled[:, 1:], np.float32)
+    by_hand = float(np.sum(mask * np.asarray(q_tot - y) ** 2) / mask.sum())
+    np.testing.assert_allclose(float(aux.td), by_hand, rtol=1e-5)
+
+
 def test_loss_terms_are_added_with_their_weights_and_robust_only_when_on():
     m = _model("cromac", "qmix")
     p = m.init(jax.random.PRNGKey(0))
@@ -97,6 +120,36 @@ def test_loss_terms_are_added_with_their_weights_and_robust_only_when_on():
     np.testing.assert_allclose(float(off), float(aux.td + 0.3 * aux.vae + 0.07 * aux.poe), rtol=1e-6)
     np.testing.assert_allclose(float(on), float(off + 0.5 * aux.robust), rtol=1e-6)
     assert float(aux_on.robust) == float(aux.robust)  # reported either way, added only when on
+
+
+def test_auxiliary_losses_are_normalised_by_the_longest_episode_in_the_batch_as_the_official_code():
+    """The official learner truncates a sampled batch to its longest episode and divides the VAE,
+    PoE and robust losses (each a batch mean per slot) by that length; its robust loss is a mean
+    over agents. "episode_limit" (earlier cromac-jax runs) divides by episode_limit + 1 and sums
+    the robust loss over agents."""
+    m = _model("cromac", "qmix")
+    p = m.init(jax.random.PRNGKey(0))
+    batch = jax.tree.map(lambda x: x[jnp.array([0, 2, 4])], _batch(jax.random.PRNGKey(2)))  # lengths 3, 5, 1
+    B, T1 = batch.reward.shape
+    longest = 6  # the 5-step episode fills 6 slots, fewer than episode_limit + 1 = 10
+    key = jax.random.PRNGKey(3)
+    w = _weights(vae=0.3, poe=0.07, robust=0.5)
+    _, aux = L.loss_fn(m, p, p, batch, L.RewardStats.create(), jnp.array(True), key, w)
+    _, old = L.loss_fn(m, p, p, batch, L.RewardStats.create(), jnp.array(True), key, w._replace(reduction="episode_limit"))
+
+    k_vae = jax.random.split(key, 4)[2]
+    vae_per, _, mean, logvar = L.state_vae_loss(m, p, batch.state, k_vae, T1)
+    h = L.unroll(m, p, batch.obs)
+    rob = np.asarray(L.robust_overlap_loss(m, p, h, mean, batch.actions, batch.avail, w.radius))  # [B, T1, N]
+    filled = np.asarray(batch.filled, np.float32)
+    np.testing.assert_allclose(float(aux.vae), float(np.sum(np.asarray(vae_per) * filled)) / (B * longest), rtol=1e-5)
+    by_hand = sum(rob[b, t].mean() for b in range(B) for t in range(T1 - 1) if filled[b, t + 1]) / (B * longest)
+    np.testing.assert_allclose(float(aux.robust), by_hand, rtol=1e-5)
+    assert float(aux.robust) > 0 and rob.shape[-1] == DIMS.n_agents
+    # the earlier reduction: (episode_limit + 1) slots, robust summed over the agents
+    np.testing.assert_allclose(float(old.vae), float(aux.vae) * longest / T1, rtol=1e-5)
+    np.testing.assert_allclose(float(old.poe), float(aux.poe) * longest / T1, rtol=1e-5)
+    np.testing.assert_allclose(float(old.robust), by_hand * DIMS.n_agents * longest / T1, rtol=1e-5)
 
 
 def test_rewards_are_standardised_by_the_running_statistics():

@@ -268,6 +268,12 @@ def test_mixers_are_monotone_in_every_agent_utility(mixer):
     qmax = q + jnp.abs(jax.random.normal(k[2], (64, 3)))
     grads = jax.vmap(jax.grad(lambda qq, ss, aa, mm: m.mix(p, qq, ss, aa, mm)))(q, s, a, qmax)
     assert bool(jnp.all(grads > 0))  # strictly: a mixer that ignored an agent's utility would give 0
+    # QPLEX detaches its advantages (pymarl's DMAQ): the utilities' gradient is the value path's
+    # weight w_i(s) alone, whatever the joint action and the greedy values
+    other_a = jax.nn.one_hot(jax.random.randint(jax.random.PRNGKey(9), (64, 3), 0, 3), 3)
+    grads_q, grads_max = jax.vmap(jax.grad(lambda qq, ss, aa, mm: m.mix(p, qq, ss, aa, mm), argnums=(0, 3)))(q, s, other_a, qmax * 2)
+    np.testing.assert_allclose(grads_q, grads, rtol=1e-6)
+    assert bool(jnp.all(grads_max == 0))
     if mixer == "vdn":
         np.testing.assert_allclose(m.mix(p, q, s, a, qmax), q.sum(-1), rtol=1e-6)
     # IGM: over every joint action, the mixed value is highest at the agents' own greedy actions

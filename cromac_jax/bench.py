@@ -752,6 +752,14 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [s["env_steps"], s["repeats"], s["chunk_iterations"], s["chunks"], s["device_seeds"]]
     if min(counts + sizes) < 1 or s["updates"] < 0:
         raise SystemExit("cromac bench: error: counts, steps, repeats, chunks and seeds must be >= 1 (--updates >= 0)")
+    from cromac_jax.config import ConfigError, check_output_dir, load
+
+    try:  # before any measurement: a typo would otherwise fail every training row, after minutes
+        load(None, s["overrides"])
+        if getattr(args, "out", None) is not None:
+            check_output_dir(Path(args.out).parent, "--out")
+    except ConfigError as e:
+        raise SystemExit(f"cromac bench: error: {e}") from None
     timeout = getattr(args, "timeout", 1800.0)
     if not 0 < timeout <= MAX_TIMEOUT_S:  # also refuses nan; subprocess cannot wait longer (or inf)
         raise SystemExit(f"cromac bench: error: --timeout {timeout} is invalid: seconds per isolated measurement, "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn, Sequence
 
 
@@ -90,11 +92,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             cfg = replace(cfg, train={"t_max": args.t_max})
         _host_devices(args, cfg.train.num_seeds)
-        from cromac_jax import runner
+        from cromac_jax import runner, sweep
 
-        runner.train(cfg, run_dir=args.resume, resume=True, new_budget=args.t_max is not None)
+        # the sweep's claim: a run a sweep (or another --resume) is training is not written twice;
+        # the processes of one distributed run all write it, so they take none
+        with (contextlib.nullcontext(True) if args.distributed else sweep.claim(Path(args.resume))) as mine:
+            if not mine:
+                raise checkpoint.CheckpointError(
+                    f"{args.resume!r} is being trained by another process (its pid is in {sweep.CLAIM_FILE}); "
+                    "wait for it to finish or stop it (SIGTERM saves a checkpoint), then resume")
+            runner.train(cfg, run_dir=args.resume, resume=True, new_budget=args.t_max is not None)
         return 0
     cfg = _config_from_args(args)
+    from cromac_jax.config import check_output_dir
+
+    check_output_dir(args.run_dir or cfg.train.run_dir, "--run-dir" if args.run_dir else "train.run_dir")
     _host_devices(args, cfg.train.num_seeds)
     from cromac_jax import runner
 
@@ -123,8 +135,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise SystemExit(f"cromac sweep: {e}") from None
         here = count  # where the processes run is not known: assume all on this host
+    from cromac_jax import config
+
+    config.check_output_dir(args.out, "--out")
     _host_devices(args, args.seeds, processes_here=max(1, here))
-    from cromac_jax import config, sweep
+    from cromac_jax import sweep
 
     sweep.sweep(args.out, args.envs, args.methods, args.mixers, args.seeds, extra, (index, count),
                 extend="t_max" in config.parse_overrides(extra).get("train", {}))  # a budget the user gave

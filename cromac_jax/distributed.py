@@ -76,8 +76,9 @@ def resolve_settings(settings: DistributedSettings) -> DistributedSettings:
         host, sep, port = coord.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"coordinator address {coord!r} must look like HOST:PORT")
-    if settings.init_timeout < 1 or settings.heartbeat_timeout < 1:
-        raise ConfigError("distributed timeouts must be >= 1 second")
+    for flag, seconds in (("--init-timeout", settings.init_timeout), ("--heartbeat-timeout", settings.heartbeat_timeout)):
+        if seconds < 1:
+            raise ConfigError(f"{flag} {seconds} is invalid: must be >= 1 second")
     return DistributedSettings(coord, n, pid, settings.init_timeout, settings.heartbeat_timeout)
 
 
@@ -109,6 +110,11 @@ def initialize(settings: DistributedSettings = DistributedSettings()) -> Distrib
         )
     except Exception as e:  # jaxlib raises XlaRuntimeError / RuntimeError / ValueError here
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if s.coordinator is None and "coordinator_address" in first:  # jax found no cluster to ask
+            raise DistributedError(
+                "--distributed found no cluster (SLURM, Open MPI, ...) to take the coordinator from: pass "
+                "--coordinator HOST:PORT --num-processes N --process-id I (or set JAX_COORDINATOR_ADDRESS, "
+                "JAX_NUM_PROCESSES and JAX_PROCESS_ID)") from None
         where = f"coordinator {s.coordinator}" if s.coordinator else "the cluster's coordinator"
         raise DistributedError(
             f"could not join the distributed run via {where} within {s.init_timeout}s "

@@ -162,16 +162,22 @@ def _test_rows(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise _plot_error(f"run directory {str(run_dir)!r} has no metrics.jsonl: train it first (cromac train)")
     rows: list[dict[str, Any]] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            raise _plot_error(f"{str(path)!r} line {n} is not JSON (a run killed mid-write?)") from None
-        if rec.get("kind") != "test":
+            if n == len(lines):  # the line a run killed mid-write leaves: the rows before it stand
+                break
+            raise _plot_error(f"{str(path)!r} line {n} is not JSON") from None
+        if not isinstance(rec, dict) or rec.get("kind") != "test":
             continue
-        t = min(rec["t_env"])
+        try:
+            t = min(rec["t_env"])
+        except (KeyError, TypeError, ValueError):
+            raise _plot_error(f"{str(path)!r} line {n}: a test row without a list of env steps ('t_env')") from None
         while rows and min(rows[-1]["t_env"]) >= t:
             rows.pop()
         rows.append(rec)
@@ -189,11 +195,15 @@ def load_curves(run_dir: str | Path) -> RunCurves:
         raise _plot_error(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
     cfg = _read_config(run_dir)
     rows = _test_rows(run_dir)
-    t_env = np.asarray([r["t_env"] for r in rows], np.float64)
     series: dict[str, dict[str, np.ndarray]] = {}
-    for prefix in ("test", "test_fgsm"):
-        if all(f"{prefix}_won_mean" in r for r in rows):
-            series[prefix] = {m: np.asarray([r[f"{prefix}_{m}_mean"] for r in rows], np.float64) for m in METRICS}
+    try:  # one value per seed in every row, or the file is not what cromac train writes
+        t_env = np.asarray([r["t_env"] for r in rows], np.float64)
+        for prefix in ("test", "test_fgsm"):
+            if all(f"{prefix}_won_mean" in r for r in rows):
+                series[prefix] = {m: np.asarray([r[f"{prefix}_{m}_mean"] for r in rows], np.float64) for m in METRICS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise _plot_error(f"{str(run_dir / 'metrics.jsonl')!r} has test rows that are not one number per seed "
+                          f"({type(e).__name__}: {str(e)[:80]})") from None
     if "test" not in series:
         raise _plot_error(f"{str(run_dir / 'metrics.jsonl')!r} has test rows without 'test_won_mean'")
     return RunCurves(run_dir, cfg, t_env, series)
@@ -238,15 +248,22 @@ def load_budget_curves(run_dir: str | Path) -> BudgetCurves | None:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise _plot_error(f"cannot read {str(path)!r}: {e}".replace("\n", " ")) from None
-    mixer = data.get("mixer", "qmix")
-    label = data["method"] if mixer == "qmix" else f"{data['method']}/{mixer}"
-    env = data["env"]
+    try:
+        mixer = data.get("mixer", "qmix")
+        label = data["method"] if mixer == "qmix" else f"{data['method']}/{mixer}"
+        env = data["env"]
+        fields = (float(data["config_eps"]), int(data["step"]), int(data["seeds"]), bool(data.get("attack_own", True)))
+        rows = data["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TypeError("'rows' is not a list of rows")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else str(e) if isinstance(e, TypeError) else type(e).__name__
+        raise _plot_error(f"{str(path)!r} is not an eval table of cromac eval ({what})") from None
     if (run_dir / "config.yaml").is_file():  # the env's overrides are in the config, not the table
         cfg = _read_config(run_dir)
         if cfg.env.name == env:
             env = env_label(cfg)
-    return BudgetCurves(run_dir, path, env, data["method"], label, float(data["config_eps"]),
-                        int(data["step"]), int(data["seeds"]), bool(data.get("attack_own", True)), data["rows"])
+    return BudgetCurves(run_dir, path, env, data["method"], label, *fields, rows)
 
 
 # ============================================================================== statistics
@@ -551,12 +568,12 @@ def plot(
         raise ConfigError(f"metric {metric!r} is invalid: choose one of {', '.join(METRICS)}")
     out = sys.stdout if out == "stdout" else out
     dirs = expand_run_dirs(run_dirs)
-    curves = [load_curves(d) for d in dirs]  # every run is checked before anything is written
+    curves = [load_curves(d) for d in dirs]  # every run and eval table is checked before anything is written
+    budgets = {d: load_budget_curves(d) for d in dirs}
     target = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     written = [save_png(learning_curves_figure(curves, metric), target / f"learning_curves_{metric}.png")]
     evals = []
-    for d in dirs:
-        e = load_budget_curves(d)
+    for d, e in budgets.items():
         if e is None:
             _log(out, f"skip budget curve of {d}: no eval_<step>.json (run `cromac eval {d}` first)")
         else:
@@ -589,6 +606,10 @@ def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        from cromac_jax.config import check_output_dir
+
+        check_output_dir(args.out, "--out")
     plot(args.run_dirs, args.out, args.metric)
     return 0
 

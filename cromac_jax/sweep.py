@@ -8,9 +8,10 @@ in cost (a CroMAC run costs more than a QMIX one), so fixed shares can leave one
 while another has hours left: with ``--share any/N`` each of N processes takes the next run that
 no other process holds, until none is left.
 
-Whoever trains or evaluates a run holds its claim, an advisory ``flock`` on ``<run dir>/.claim``;
-the OS drops it when the process dies, so a killed run is free for the next process at once, and
-two processes can never write one run directory (with fixed shares too, e.g. one share started twice).
+Whoever trains or evaluates a run here (and ``cromac train --resume``) holds its claim, an advisory
+``flock`` on ``<run dir>/.claim``; the OS drops it when the process dies, so a killed run is free for
+the next process at once, and two of these processes never write one run directory (with fixed
+shares too, e.g. one share started twice).
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ These are the cases a review probed by hand (each once printed a traceback, trai
 named nothing); the CLI tests that need a trained run are in test_train.py and test_evaluate.py.
 """
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from cromac_jax import cli
 from cromac_jax import config as C
@@ -25,6 +28,10 @@ def one_line(capsys, argv, rc=2):
     (["train.lr=" + "9" * 400], "is out of range for float"),
     (["train.seed=" + "9" * 30], "is out of range for int"),
     (["train.seed=2147483648"], "train.seed=2147483648 is invalid: must be < 2**31"),
+    (["train.t_max=3000000000"], "train.t_max=3000000000 is invalid: must be < 2**30 (1,073,741,824): env steps are counted in int32"),
+    (["cromac.robust_start=2000000000"], "cromac.robust_start=2000000000 is invalid: must be < 2**30"),
+    (["train.buffer_size=3000000000"], "train.buffer_size=3000000000 is invalid: must be < 2**31"),
+    (["cromac.loss_reduction=mean"], "cromac.loss_reduction='mean' is invalid: choose one of official, episode_limit"),
 ])
 def test_bad_overrides_are_one_config_error(overrides, needle):
     with pytest.raises(C.ConfigError, match=None) as info:
@@ -58,6 +65,20 @@ def test_unreadable_config_files_name_the_file(tmp_path, capsys):
     assert str(run / "config.yaml") in line and "must hold a mapping" in line
 
 
+def test_runs_saved_before_a_setting_existed_read_as_they_trained(tmp_path):
+    """``cromac.loss_reduction`` came after runs existed: a saved config without it trained with
+    "episode_limit", so resuming, evaluating or plotting it must not switch it to today's default."""
+    data = C.resolve({}).to_dict()
+    assert data["cromac"].pop("loss_reduction") == "official"
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    assert read_config(run).cromac.loss_reduction == "episode_limit"
+    assert C.from_dict(data).cromac.loss_reduction == "official"  # a user's file gets the default
+    records = sorted(Path(__file__).parents[1].glob("benchmarks/results/table1_runs/*/*/*/config.yaml"))
+    assert records and {read_config(p.parent).cromac.loss_reduction for p in records} == {"episode_limit"}
+
+
 def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
     line = one_line(capsys, ["train", "--resume", str(tmp_path), "--env", "lbf_3p1f", "--seeds", "2", "train.lr=0.1"])
     assert "--env, --seeds, overrides cannot change it" in line
@@ -77,6 +98,27 @@ def test_eval_refuses_a_seed_it_cannot_use_and_a_file_for_a_run_dir(tmp_path, ca
     afile = tmp_path / "f.txt"
     afile.write_text("x")
     assert "is a file, not a run directory" in one_line(capsys, ["eval", str(afile)])
+
+
+def test_a_file_where_output_goes_is_refused_before_anything_runs(tmp_path, capsys):
+    afile = tmp_path / "f.txt"
+    afile.write_text("x")
+    said = f"cannot be a directory: {str(afile)!r} is a file"
+    assert said in one_line(capsys, ["train", "--run-dir", str(afile), "--t-max", "1000"])
+    assert said in one_line(capsys, ["train", "--run-dir", str(afile / "sub"), "--t-max", "1000"])
+    assert said in one_line(capsys, ["sweep", "--t-max", "1000", "--out", str(afile)])
+    assert said in one_line(capsys, ["plot", str(tmp_path), "--out", str(afile)])
+    assert afile.read_text() == "x" and sorted(tmp_path.iterdir()) == [afile]
+
+
+def test_bench_checks_its_overrides_and_out_before_measuring(tmp_path):
+    with pytest.raises(SystemExit, match="cromac bench: error: unknown config key 'train.t_maxx' \\(did you mean train.t_max"):
+        cli.main(["bench", "--parts", "train", "--envs", "hallway_4x5x6", "--methods", "qmix", "--set", "train.t_maxx=1",
+                  "--out", str(tmp_path / "b")])
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit, match="is a file"):
+        cli.main(["bench", "--parts", "train", "--out", str(tmp_path / "f" / "b")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
 def test_argparse_errors_are_one_line(capsys):

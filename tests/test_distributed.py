@@ -135,6 +135,19 @@ def test_unreachable_coordinator_fails_fast_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_no_coordinator_and_no_cluster_says_what_to_pass(tmp_path):
+    env = {k: v for k, v in _env().items()
+           if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+    cmd = [sys.executable, "-m", "cromac_jax.cli", "train", "--run-dir", str(tmp_path / "run"), "--distributed"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == ("cromac: error: --distributed found no cluster (SLURM, Open MPI, ...) to take the coordinator from: "
+                    "pass --coordinator HOST:PORT --num-processes N --process-id I (or set JAX_COORDINATOR_ADDRESS, "
+                    "JAX_NUM_PROCESSES and JAX_PROCESS_ID)"), proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -143,6 +156,7 @@ def test_unreachable_coordinator_fails_fast_with_one_line(tmp_path):
         (distributed.DistributedSettings("127.0.0.1:5000", 0, 0), "number of processes 0 is invalid"),
         (distributed.DistributedSettings(None, 2, 0), "missing: coordinator address"),
         (distributed.DistributedSettings("nohostport", 2, 0), "must look like HOST:PORT"),
+        (distributed.DistributedSettings(None, None, None, init_timeout=-3), "--init-timeout -3 is invalid: must be >= 1 second"),
     ],
 )
 def test_bad_distributed_settings_are_refused_before_joining(settings, message, monkeypatch):

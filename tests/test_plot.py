@@ -250,8 +250,26 @@ def test_bad_run_dirs_are_one_clear_error(tmp_path):
     fails(f"run directory {str(fresh)!r} has no metrics.jsonl: train it first", fresh)
     make_run(tmp_path / "early", tests=False)  # train rows only, no test yet
     fails("has no test results yet (no 'test' rows in metrics.jsonl)", tmp_path / "early")
-    (tmp_path / "early" / "metrics.jsonl").open("a").write('{"kind": "te')
+    with (tmp_path / "early" / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "te')  # a run killed mid-write: its last line is cut, the rows before it stand
+    fails("has no test results yet (no 'test' rows in metrics.jsonl)", tmp_path / "early")
+    with (tmp_path / "early" / "metrics.jsonl").open("a") as f:
+        f.write('\n{"kind": "train"}\n')  # ... and no longer the last line
     fails("line 5 is not JSON", tmp_path / "early")
+    make_run(tmp_path / "shapes")
+    metrics = tmp_path / "shapes" / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '[1, 2]\n{"kind": "test", "t_env": 5}\n')
+    fails("line 10: a test row without a list of env steps ('t_env')", tmp_path / "shapes")
+    for row in ('{"kind": "test", "t_env": [10000000]}', '{"kind": "test", "t_env": [1, 2, 3], "test_won_mean": "x"}'):
+        metrics.write_text(good + row + "\n")  # a row of one seed among three; a row without numbers
+        fails("has test rows that are not one number per seed", tmp_path / "shapes")
+    metrics.write_text(good)
+    for table, needle in (("[1, 2]", "AttributeError"), ('{"rows": 5}', "missing 'method'"),
+                          ('{"method": "cromac", "env": "e", "config_eps": 0.1, "step": 1, "seeds": 1, "rows": 5}',
+                           "'rows' is not a list of rows")):
+        (tmp_path / "shapes" / "eval_7.json").write_text(table)
+        fails(f"{str(tmp_path / 'shapes' / 'eval_7.json')!r} is not an eval table of cromac eval ({needle})", tmp_path / "shapes")
     assert not list(tmp_path.rglob("*.png"))  # nothing written on error
     with pytest.raises(CheckpointError, match="does not exist"):
         P.load_curves(tmp_path / "missing")

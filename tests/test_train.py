@@ -333,6 +333,13 @@ def test_cli_train_runs_and_bad_input_is_one_line(tmp_path, capsys):
     assert "already trained to its t_max 200" in capsys.readouterr().out
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == metrics
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["cromac"]["kappa"] == 10.0
+    from cromac_jax import sweep
+
+    with sweep.claim(tmp_path / "r") as mine:  # as a sweep training it holds it
+        assert mine and cli.main(["train", "--resume", str(tmp_path / "r"), "--t-max", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is being trained by another process" in err[0], err
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == metrics
     # a run dir holding a run's config and metrics but no checkpoint yet is neither overwritten nor appended to
     other = tmp_path / "other"
     other.mkdir()

@@ -221,7 +221,7 @@ def _type_problem(value: Any, annotation: Any) -> str | None:
             finite = math.isfinite(value)
         except OverflowError:  # an int too large for a float
             return f"is out of range for {tname}"
-        return None if finite else wrong
+        return None if finite else "must be a finite number"
     if annotation is str:
         return None if isinstance(value, str) else wrong
     if annotation is dict:
@@ -416,7 +416,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+            raise ConfigError(f"config file {str(p)!r} " + ("is a directory, not a file" if p.is_dir() else "does not exist"))
         data = read_yaml_mapping(p)
     if overrides:
         data = merge(data, parse_overrides(overrides))

@@ -140,7 +140,7 @@ def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         path = Path(p)
         if not path.is_dir():
-            raise _plot_error(f"run directory {str(path)!r} does not exist")
+            raise _plot_error(f"run directory {str(path)!r} " + ("is a file" if path.exists() else "does not exist"))
         if (path / "config.yaml").is_file():
             found = [path]
         else:
@@ -190,7 +190,7 @@ def load_curves(run_dir: str | Path) -> RunCurves:
     """Read one run directory's config and the test rows of its ``metrics.jsonl``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise _plot_error(f"run directory {str(run_dir)!r} does not exist")
+        raise _plot_error(f"run directory {str(run_dir)!r} " + ("is a file" if run_dir.exists() else "does not exist"))
     if not (run_dir / "config.yaml").is_file():
         raise _plot_error(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
     cfg = _read_config(run_dir)

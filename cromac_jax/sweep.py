@@ -66,7 +66,8 @@ def my_share(runs: list[SweepRun], index: int | None, count: int) -> list[SweepR
     """The runs this process may take: every N-th from I, or with ``any/N`` all of them (each then
     taken only if no other process holds its claim)."""
     if count < 1 or (index is not ANY and not 0 <= index < count):
-        raise ConfigError(f"--share {index}/{count} is invalid: need 0 <= index < count")
+        raise ConfigError(f"--share {'any' if index is ANY else index}/{count} is invalid: need 0 <= index < count "
+                          "(any/N: N >= 1)")
     return list(runs) if index is ANY else runs[index::count]
 
 

@@ -31,6 +31,8 @@ def one_line(capsys, argv, rc=2):
     (["train.t_max=3000000000"], "train.t_max=3000000000 is invalid: must be < 2**30 (1,073,741,824): env steps are counted in int32"),
     (["cromac.robust_start=2000000000"], "cromac.robust_start=2000000000 is invalid: must be < 2**30"),
     (["train.buffer_size=3000000000"], "train.buffer_size=3000000000 is invalid: must be < 2**31"),
+    (["train.lr=.nan"], "train.lr=nan must be a finite number"),
+    (["cromac.eps=-.inf"], "cromac.eps=-inf must be a finite number"),
     (["cromac.loss_reduction=mean"], "cromac.loss_reduction='mean' is invalid: choose one of official, episode_limit"),
 ])
 def test_bad_overrides_are_one_config_error(overrides, needle):
@@ -55,6 +57,7 @@ def test_unreadable_config_files_name_the_file(tmp_path, capsys):
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     assert f"cannot read config file {str(binary)!r}" in one_line(capsys, ["train", "--config", str(binary)])
+    assert f"config file {str(tmp_path)!r} is a directory, not a file" in one_line(capsys, ["train", "--config", str(tmp_path)])
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
@@ -108,6 +111,7 @@ def test_a_file_where_output_goes_is_refused_before_anything_runs(tmp_path, caps
     assert said in one_line(capsys, ["train", "--run-dir", str(afile / "sub"), "--t-max", "1000"])
     assert said in one_line(capsys, ["sweep", "--t-max", "1000", "--out", str(afile)])
     assert said in one_line(capsys, ["plot", str(tmp_path), "--out", str(afile)])
+    assert f"run directory {str(afile)!r} is a file" in one_line(capsys, ["plot", str(afile)])
     assert afile.read_text() == "x" and sorted(tmp_path.iterdir()) == [afile]
 
 

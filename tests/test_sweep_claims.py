@@ -110,6 +110,8 @@ def test_cli_sweep_names_the_share_forms_on_a_bad_share():
 
     with pytest.raises(SystemExit, match="--share must look like I/N, any/N or auto, got 'half'"):
         cli.main(["sweep", "--share", "half"])
+    with pytest.raises(SystemExit, match="--share any/0 is invalid: need 0 <= index < count"):
+        cli.main(["sweep", "--share", "any/0"])
 
 
 def test_sweep_command_passes_every_option_to_the_sweep(tmp_path, monkeypatch):

@@ -30,7 +30,9 @@ RECORDS_DIR = "table1_runs"
 #: The run-directory files a record copies whole; metrics.jsonl is filtered to its test rows.
 COPIED = ("config.yaml", "table1_wall.json")
 #: What makes two Table-1 results comparable: a record or a carried row of another protocol is not used.
-PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "budgets", "overrides")
+PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "budgets", "overrides", "loss_reduction")
+#: What runs recorded before ``cromac.loss_reduction`` existed trained with.
+EARLIER_LOSS_REDUCTION = "episode_limit"
 
 
 def table_key(method: str, mixer: str, run: str) -> str:
@@ -47,8 +49,9 @@ def _protocol(protocol: dict[str, Any]) -> dict[str, Any]:
     """The comparable part of a protocol: overrides as the config reads them (the last of a key
     wins, order does not matter), budgets as floats."""
     out = {k: protocol.get(k) for k in PROTOCOL_KEYS}
+    out["loss_reduction"] = out["loss_reduction"] or EARLIER_LOSS_REDUCTION  # a protocol written before the key
     last = dict(str(o).split("=", 1) if "=" in str(o) else (str(o), "") for o in out["overrides"] or [])
-    out["overrides"] = sorted(f"{k}={v}" for k, v in last.items())
+    out["overrides"] = sorted(f"{k}={v}" for k, v in last.items() if k != "cromac.loss_reduction")  # its own key
     out["budgets"] = None if out["budgets"] is None else [float(b) for b in out["budgets"]]
     return out
 
@@ -167,7 +170,7 @@ def refuse_to_drop(previous_report: Path, protocol: dict[str, Any], records_base
     only_here = [run for run in _evaluated_rows(old, only_unrecorded=False)
                  if recorded_step(base / run, old_protocol) is None]
     if only_here:
-        shown = ", ".join(f"{k}={old_protocol.get(k)}" for k in PROTOCOL_KEYS)
+        shown = ", ".join(f"{k}={v}" for k, v in _protocol(old_protocol).items())
         raise ConfigError(f"{previous_report} holds {len(only_here)} evaluated run(s) of another protocol ({shown}) "
                           f"kept nowhere else ({', '.join(only_here)}); writing this report would lose them: "
                           "pass --results-dir to write it elsewhere")

@@ -566,7 +566,10 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
         f"Measured on {hw['cpu_model']} ({hw['cpu_cores']} cores), jax {hw['jax_version']}, backend `{hw['jax_backend']}`, "
         f"device `{hw['device_kind']}` x{hw['device_count']}, load average {hw['load_average']} at the report, "
         f"{hw['date']}."
-        + (f" Config overrides on every run: `{' '.join(proto['overrides'])}`." if proto["overrides"] else ""),
+        + (f" Config overrides on every run: `{' '.join(proto['overrides'])}`." if proto["overrides"] else "")
+        + f" Auxiliary losses averaged as `cromac.loss_reduction={proto.get('loss_reduction') or records.EARLIER_LOSS_REDUCTION}`"
+        + (" (the runs trained before the official reduction became the default)."
+           if (proto.get("loss_reduction") or records.EARLIER_LOSS_REDUCTION) == records.EARLIER_LOSS_REDUCTION else "."),
         "",
     ]
     header = ["method", "", *COLUMNS]
@@ -714,9 +717,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = sys.stdout) -> 
         for runs in plans.values():  # every config is checked before anything trains
             for r in runs:
                 sweep.run_config(r, overrides, args.seeds)
-        protocols = {env: {"seeds": args.seeds, "t_max": sweep.run_config(plans[env][0], overrides, args.seeds).train.t_max,
+        first = {env: sweep.run_config(plans[env][0], overrides, args.seeds) for env in args.envs}
+        protocols = {env: {"seeds": args.seeds, "t_max": first[env].train.t_max,
                            "paper_budget": args.t_max is None, "episodes_per_seed": args.episodes,
-                           "budgets": attacks_budgets, "overrides": overrides}
+                           "budgets": attacks_budgets, "overrides": overrides,
+                           "loss_reduction": first[env].cromac.loss_reduction}
                      for env in args.envs}
         for env in args.envs:  # before anything trains: results of another protocol may exist only here
             records.refuse_to_drop(report_json(env), protocols[env], args.results_dir / records.RECORDS_DIR / tag)

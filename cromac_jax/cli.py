@@ -96,7 +96,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         # the sweep's claim: a run a sweep (or another --resume) is training is not written twice;
         # the processes of one distributed run all write it, so they take none
-        with (contextlib.nullcontext(True) if args.distributed else sweep.claim(Path(args.resume))) as mine:
+        with contextlib.ExitStack() as stack:
+            try:
+                mine = True if args.distributed else stack.enter_context(sweep.claim(Path(args.resume)))
+            except OSError as e:  # a read-only run dir, say
+                raise checkpoint.CheckpointError(f"cannot resume {args.resume!r}: {e.strerror or e} ({e.filename})") from None
             if not mine:
                 raise checkpoint.CheckpointError(
                     f"{args.resume!r} is being trained by another process (its pid is in {sweep.CLAIM_FILE}); "

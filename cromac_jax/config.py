@@ -176,11 +176,11 @@ def _validate(cfg: Config) -> None:
         sec, name = path.split(".")
         value = getattr(getattr(cfg, sec), name)
         _check(value < STEP_LIMIT, path, value, f"must be < 2**30 ({STEP_LIMIT:,}): env steps are counted in int32")
-    for sec in (m, t):  # sizes and counts become int32 arrays or shapes on device
+    for name, sec in (("model", m), ("train", t), ("cromac", c)):  # int32 arrays or shapes on device
         for f in fields(sec):
             value = getattr(sec, f.name)
             if type(value) is int:
-                _check(value < SEED_LIMIT, f"{'model' if sec is m else 'train'}.{f.name}", value, "must be < 2**31")
+                _check(value < SEED_LIMIT, f"{name}.{f.name}", value, "must be < 2**31")
     _check(t.batch_size <= t.buffer_size, "train.batch_size", t.batch_size, f"must be <= train.buffer_size ({t.buffer_size})")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "must be > 0")

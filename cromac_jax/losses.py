@@ -5,8 +5,10 @@ L = L_TD + a1 L_VAE(psi) + a2 L_PoE(phi) + 1[t > T_r] a3 L_adv
 Shape legend: B episodes, T1 = episode_limit + 1 slots, N agents, A actions, Z latent.
 A transition t (slot t -> t+1) is valid iff slot t+1 was filled, so ``mask[t] = filled[t+1]``;
 this one rule masks padding whether or not timeouts are stored as terminal.
-The auxiliary losses are summed over time and divided by the padded length T1, then averaged
-over episodes, as the official code does ("summed over time steps / max_seq_length").
+The auxiliary losses are summed over the filled slots and divided by the batch's longest episode
+(its filled slots), then averaged over episodes, as the official code does ("summed over time steps
+/ max_seq_length" of a batch truncated to ``max_t_filled``); ``cromac.loss_reduction=episode_limit``
+divides by T1 instead (and sums the robust loss over agents), as earlier versions did.
 """
 
 from __future__ import annotations

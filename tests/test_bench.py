@@ -421,6 +421,11 @@ def test_table1_record_of_before_budgets_takes_them_from_its_eval_table(tmp_path
     assert records.recorded_step(rec, {**protocol, "budgets": [1.0]}) is None
     assert records.recorded_step(rec, {**protocol, "budgets": [1.0, 2.0], "seeds": 2}) is None
     assert records.recorded_step(tmp_path / "nothing") is None
+    # recorded before cromac.loss_reduction existed: those runs trained with "episode_limit"
+    earlier = {**protocol, "budgets": [1.0, 2.0]}
+    assert records.recorded_step(rec, {**earlier, "loss_reduction": "official"}) is None
+    assert records.recorded_step(rec, {**earlier, "loss_reduction": "episode_limit",
+                                       "overrides": ["a=1", "cromac.loss_reduction=episode_limit"]}) == 5
 
 
 def _files(root: Path) -> dict[Path, tuple[bytes, int]]:

@@ -52,8 +52,9 @@ def _short_batch(state, seed=0, size=8):
 @pytest.mark.parametrize("method", ["cromac", "cromac_no_robust", "ame", "full_comm", "qmix"])
 @pytest.mark.timeout(300)
 def test_trimmed_loss_and_gradients_equal_the_full_batch(filled_runner, method):
-    """Every slot-mean keeps the official B*T1 normaliser and every random draw (the state VAE's
-    and AME's subsets) is the full batch's, so trimming changes nothing but the cost."""
+    """No normaliser depends on the trim (the official one is the longest episode's filled
+    slots) and every random draw (the state VAE's and AME's subsets) is the full batch's, so
+    trimming changes nothing but the cost."""
     r, state = filled_runner
     tr = make_train(tiny(method, slot_buckets=4))
     batch, longest = _short_batch(state)

@@ -196,14 +196,19 @@ class SeedRunner:
             self._device_chunks[tuple(busy)] = (device_parallel(self.trainer.seeds_chunk, sub_sh), sub_sh)
         fn, sub_sh = self._device_chunks[tuple(busy)]
 
-        def shard(x: jax.Array, i: int) -> jax.Array:
-            return next(s.data for s in x.addressable_shards if s.device == devices[i])
+        def shards(x: jax.Array) -> dict[Any, jax.Array]:
+            return {s.device: s.data for s in x.addressable_shards}
 
-        sub = jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
-            (len(busy) * per,) + x.shape[1:], sub_sh, [shard(x, i) for i in busy]), state)
+        # Every shard is taken out before the chunk runs: the chunk donates the busy devices'
+        # buffers, which the full arrays share, so afterwards the full arrays count as deleted.
+        leaves, treedef = jax.tree.flatten(state)
+        parts = [shards(x) for x in leaves]
+        sub = treedef.unflatten([jax.make_array_from_single_device_arrays(
+            (len(busy) * per,) + x.shape[1:], sub_sh, [p[devices[i]] for i in busy]) for x, p in zip(leaves, parts)])
         sub, metrics = fn(sub)
-        state = jax.tree.map(lambda x, y: jax.make_array_from_single_device_arrays(
-            x.shape, self.sharding, [shard(y, i) if i in busy else shard(x, i) for i in range(len(devices))]), state, sub)
+        state = treedef.unflatten([jax.make_array_from_single_device_arrays(
+            x.shape, self.sharding, [new[devices[i]] if i in busy else p[devices[i]] for i in range(len(devices))])
+            for x, p, new in zip(leaves, parts, (shards(y) for y in jax.tree.leaves(sub)))])
         seeds = np.concatenate([np.arange(i * per, (i + 1) * per) for i in busy])
         return state, self._full_metrics(metrics, seeds, state)
 

@@ -60,6 +60,10 @@ SCRIPT = textwrap.dedent(
         "loss_nan": np.isnan(np.asarray(metrics.loss)).all(axis=1).tolist(),
         "after_updates": np.asarray(state.updates).tolist(),
     })
+    # and again: the arrays the last chunk put together from its devices' shards are chunked in turn
+    # (this once failed: the chunk donated buffers the full arrays shared, "Array has been deleted")
+    state, metrics = sr.chunk(state)
+    out["again_updates"] = np.asarray(state.updates).tolist()
     (fn, sub_sh), = sr._device_chunks.values()
     sub = jax.tree.map(lambda x: jax.ShapeDtypeStruct((2,) + x.shape[1:], x.dtype, sharding=sub_sh), state)
     out["sub_collectives"] = collectives(fn.lower(sub).compile())
@@ -96,6 +100,8 @@ def test_three_forced_cpu_devices_shard_seeds_and_match_one_device():
     assert np.asarray(state.updates).tolist() == res["after_updates"]
     for mine, theirs in zip(jax.tree.leaves(state.params), res["after_params"], strict=True):
         np.testing.assert_allclose(np.asarray(mine).ravel(), np.asarray(theirs), rtol=1e-4, atol=1e-5)
+    state, _ = sr.chunk(state)
+    assert np.asarray(state.updates).tolist() == res["again_updates"] and res["again_updates"][0] == res["after_updates"][0]
 
 
 # ------------------------------------------------------------------ --cpu-devices (host_devices)

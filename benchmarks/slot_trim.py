@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 import _report  # noqa: E402
 from cromac_jax import checkpoint  # noqa: E402
+from cromac_jax.config import STEP_LIMIT  # noqa: E402
 from cromac_jax.runner import SeedRunner  # noqa: E402
 from cromac_jax.train import slot_buckets  # noqa: E402
 
@@ -70,7 +71,8 @@ def buffer_lengths(state: Any, batch_size: int, seeds_per_device: int | None = N
 
 def measure(run_dir: Path, buckets: int, chunks: int, step: int | None) -> dict[str, Any]:
     cfg = checkpoint.read_config(run_dir)
-    train = dataclasses.replace(cfg.train, slot_buckets=buckets, t_max=max(cfg.train.t_max, 2**30))
+    # a budget no seed reaches while measuring (the largest the config allows)
+    train = dataclasses.replace(cfg.train, slot_buckets=buckets, t_max=max(cfg.train.t_max, STEP_LIMIT - 1))
     cfg = dataclasses.replace(cfg, train=train)
     runner = SeedRunner(cfg)
     restored_step, state = checkpoint.restore(run_dir, runner.abstract_state(), step)

@@ -204,11 +204,11 @@ class SeedRunner:
         leaves, treedef = jax.tree.flatten(state)
         parts = [shards(x) for x in leaves]
         sub = treedef.unflatten([jax.make_array_from_single_device_arrays(
-            (len(busy) * per,) + x.shape[1:], sub_sh, [p[devices[i]] for i in busy]) for x, p in zip(leaves, parts)])
+            (len(busy) * per,) + x.shape[1:], sub_sh, [p[devices[i]] for i in busy]) for x, p in zip(leaves, parts, strict=True)])
         sub, metrics = fn(sub)
         state = treedef.unflatten([jax.make_array_from_single_device_arrays(
             x.shape, self.sharding, [new[devices[i]] if i in busy else p[devices[i]] for i in range(len(devices))])
-            for x, p, new in zip(leaves, parts, (shards(y) for y in jax.tree.leaves(sub)))])
+            for x, p, new in zip(leaves, parts, (shards(y) for y in jax.tree.leaves(sub)), strict=True)])
         seeds = np.concatenate([np.arange(i * per, (i + 1) * per) for i in busy])
         return state, self._full_metrics(metrics, seeds, state)
 

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from cromac_jax.config import ConfigError
+from cromac_jax.config import EARLIER_LOSS_REDUCTION, ConfigError  # what runs recorded before the key trained with
 
 RECORD_FILE = "record.json"
 RECORDS_DIR = "table1_runs"
@@ -31,8 +31,6 @@ RECORDS_DIR = "table1_runs"
 COPIED = ("config.yaml", "table1_wall.json")
 #: What makes two Table-1 results comparable: a record or a carried row of another protocol is not used.
 PROTOCOL_KEYS = ("t_max", "seeds", "episodes_per_seed", "budgets", "overrides", "loss_reduction")
-#: What runs recorded before ``cromac.loss_reduction`` existed trained with.
-EARLIER_LOSS_REDUCTION = "episode_limit"
 
 
 def table_key(method: str, mixer: str, run: str) -> str:

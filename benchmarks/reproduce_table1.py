@@ -65,7 +65,7 @@ for _p in (str(ROOT / "benchmarks"), str(ROOT)):
 
 from cromac_jax import attacks, host_devices, sweep  # noqa: E402
 from cromac_jax import bench as B  # noqa: E402
-from cromac_jax.config import METHODS, ConfigError  # noqa: E402
+from cromac_jax.config import EARLIER_LOSS_REDUCTION, METHODS, ConfigError  # noqa: E402
 
 import _table1_records as records  # noqa: E402
 
@@ -546,6 +546,7 @@ def _sum(values: Any) -> float | None:
 
 def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
     env, hw, proto = p["env"], p["hardware"], p["protocol"]
+    reduction = proto.get("loss_reduction") or EARLIER_LOSS_REDUCTION  # a report written before the key
     title = PAPER_ENV_TITLES.get(env, env)
     eps = next((r["config_eps"] for r in p["runs"]), None)
     label = proto.get("env_label", env)
@@ -567,9 +568,8 @@ def render_markdown(p: dict[str, Any], runs: list[sweep.SweepRun]) -> str:
         f"device `{hw['device_kind']}` x{hw['device_count']}, load average {hw['load_average']} at the report, "
         f"{hw['date']}."
         + (f" Config overrides on every run: `{' '.join(proto['overrides'])}`." if proto["overrides"] else "")
-        + f" Auxiliary losses averaged as `cromac.loss_reduction={proto.get('loss_reduction') or records.EARLIER_LOSS_REDUCTION}`"
-        + (" (the runs trained before the official reduction became the default)."
-           if (proto.get("loss_reduction") or records.EARLIER_LOSS_REDUCTION) == records.EARLIER_LOSS_REDUCTION else "."),
+        + f" Auxiliary losses averaged as `cromac.loss_reduction={reduction}`"
+        + (" (the runs trained before the official reduction became the default)." if reduction == EARLIER_LOSS_REDUCTION else "."),
         "",
     ]
     header = ["method", "", *COLUMNS]

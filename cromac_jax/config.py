@@ -277,7 +277,8 @@ def from_dict(data: Mapping[str, Any]) -> Config:
 
 #: Keys added to saved configs after runs existed, with what a run saved without them trained with
 #: (not today's default): resuming, evaluating or plotting such a run must not change its settings.
-_SAVED_BEFORE = {"cromac": {"loss_reduction": "episode_limit"}}
+EARLIER_LOSS_REDUCTION = "episode_limit"
+_SAVED_BEFORE = {"cromac": {"loss_reduction": EARLIER_LOSS_REDUCTION}}
 
 
 def from_saved(data: Mapping[str, Any]) -> Config:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from cromac_jax.config import METHODS, Config, ConfigError
+from cromac_jax.config import METHODS, Config, ConfigError, check_output_dir
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw (building the CLI parser stays cheap)
     from matplotlib.figure import Figure
@@ -607,8 +607,6 @@ def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     if args.out is not None:
-        from cromac_jax.config import check_output_dir
-
         check_output_dir(args.out, "--out")
     plot(args.run_dirs, args.out, args.metric)
     return 0
